@@ -1,0 +1,204 @@
+"""The one preprocessing implementation (pure numpy, no OpenCV or Pillow needed).
+
+Steps, in this order, all described by :class:`PreprocessSpec` (the ``preprocess:`` block of ``edgesight.yaml``):
+
+1. colour: the input image is HxWx3 uint8 in ``input_color`` order (``rgb`` from Pillow, ``bgr`` from OpenCV) or
+   HxW / HxWx1 grey; it is converted to the model's ``color`` (``rgb``, ``bgr`` or ``gray``; grey uses BT.601 luma).
+2. resize to ``size`` = (height, width) with bilinear interpolation and half-pixel centres (OpenCV's INTER_LINEAR
+   convention), computed in float32 and not rounded back to uint8:
+   - ``stretch``: straight to (height, width), aspect ratio not kept;
+   - ``letterbox``: scaled to fit inside, centred, the border filled with ``pad_value``;
+   - ``center_crop``: scaled to cover, then the centre cut out.
+3. ``x = pixel * scale``, then ``(x - mean) / std`` per channel.
+4. ``layout``: ``nchw`` gives (C, H, W), ``nhwc`` gives (H, W, C); the batch functions add N in front.
+"""
+import math
+from typing import Iterable, List, Sequence, Tuple
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..errors import ImageError
+
+RESIZE_MODES = ("letterbox", "center_crop", "stretch")
+COLORS = ("rgb", "bgr", "gray")
+LAYOUTS = ("nchw", "nhwc")
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, for RGB order
+
+
+class PreprocessSpec(BaseModel):
+    """How an image becomes the model's input tensor. Stored in the package; validated on load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: Tuple[int, int] = Field(description="(height, width) of the model input")
+    resize: str = "letterbox"
+    color: str = "rgb"
+    scale: float = 1.0 / 255.0
+    mean: Tuple[float, ...] = (0.0,)
+    std: Tuple[float, ...] = (1.0,)
+    layout: str = "nchw"
+    pad_value: int = Field(0, ge=0, le=255, description="letterbox border, in pixel units")
+
+    @field_validator("size")
+    @classmethod
+    def _size_positive(cls, v: Tuple[int, int]) -> Tuple[int, int]:
+        if v[0] <= 0 or v[1] <= 0:
+            raise ValueError("size must be two positive integers [height, width], got %s" % (list(v),))
+        return v
+
+    @field_validator("resize")
+    @classmethod
+    def _resize_known(cls, v: str) -> str:
+        return _one_of(v, RESIZE_MODES, "resize")
+
+    @field_validator("color")
+    @classmethod
+    def _color_known(cls, v: str) -> str:
+        return _one_of(v, COLORS, "color")
+
+    @field_validator("layout")
+    @classmethod
+    def _layout_known(cls, v: str) -> str:
+        return _one_of(v, LAYOUTS, "layout")
+
+    @field_validator("std")
+    @classmethod
+    def _std_nonzero(cls, v: Tuple[float, ...]) -> Tuple[float, ...]:
+        if any(s == 0 for s in v):
+            raise ValueError("std must not contain 0")
+        return v
+
+    @model_validator(mode="after")
+    def _channels_match(self) -> "PreprocessSpec":
+        c = self.channels
+        for name in ("mean", "std"):
+            n = len(getattr(self, name))
+            if n not in (1, c):
+                raise ValueError("%s has %d values but color '%s' has %d channel(s); give 1 or %d"
+                                 % (name, n, self.color, c, c))
+        return self
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+    @property
+    def height(self) -> int:
+        return self.size[0]
+
+    @property
+    def width(self) -> int:
+        return self.size[1]
+
+    def input_shape(self, batch: int = 1) -> Tuple[int, int, int, int]:
+        """The tensor shape this spec produces for a batch, in its own layout."""
+        if self.layout == "nchw":
+            return (batch, self.channels, self.height, self.width)
+        return (batch, self.height, self.width, self.channels)
+
+
+def _one_of(value: str, allowed: Sequence[str], name: str) -> str:
+    v = str(value).lower()
+    if v not in allowed:
+        raise ValueError("%s must be one of %s, got %r" % (name, " | ".join(allowed), value))
+    return v
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an HxWxC array with half-pixel centres (INTER_LINEAR convention), as float32."""
+    src = np.asarray(image, dtype=np.float32)
+    h, w = src.shape[:2]
+    if (h, w) == (height, width):
+        return src.copy()
+    ys, y0, y1 = _axis_weights(h, height)
+    xs, x0, x1 = _axis_weights(w, width)
+    top = src[y0][:, x0] * (1.0 - xs)[None, :, None] + src[y0][:, x1] * xs[None, :, None]
+    bottom = src[y1][:, x0] * (1.0 - xs)[None, :, None] + src[y1][:, x1] * xs[None, :, None]
+    return (top * (1.0 - ys)[:, None, None] + bottom * ys[:, None, None]).astype(np.float32)
+
+
+def _axis_weights(src_len: int, dst_len: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pos = (np.arange(dst_len, dtype=np.float64) + 0.5) * (src_len / dst_len) - 0.5
+    pos = np.clip(pos, 0.0, src_len - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, src_len - 1)
+    return (pos - lo).astype(np.float32), lo, hi
+
+
+def _as_hwc(image: np.ndarray) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageError("expected an image of shape HxW, HxWx1, HxWx3 or HxWx4, got shape %s" % (arr.shape,))
+    if arr.shape[2] == 4:  # drop alpha
+        arr = arr[:, :, :3]
+    return arr
+
+
+def _convert_color(img: np.ndarray, input_color: str, target: str) -> np.ndarray:
+    """img: HxWx1 or HxWx3 float32 in ``input_color`` order -> HxWxC in ``target`` order."""
+    if img.shape[2] == 1:
+        return img if target == "gray" else np.repeat(img, 3, axis=2)
+    rgb = img[:, :, ::-1] if input_color == "bgr" else img
+    if target == "gray":
+        return (rgb @ _LUMA)[:, :, None].astype(np.float32)
+    return rgb[:, :, ::-1] if target == "bgr" else rgb
+
+
+def _fit(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    h, w = img.shape[:2]
+    th, tw = spec.size
+    if spec.resize == "stretch":
+        return resize_bilinear(img, th, tw)
+    if spec.resize == "letterbox":
+        s = min(th / h, tw / w)
+        nh, nw = max(1, min(th, int(round(h * s)))), max(1, min(tw, int(round(w * s))))
+        out = np.full((th, tw, img.shape[2]), float(spec.pad_value), dtype=np.float32)
+        top, left = (th - nh) // 2, (tw - nw) // 2
+        out[top:top + nh, left:left + nw] = resize_bilinear(img, nh, nw)
+        return out
+    # center_crop: scale so the image covers the target, then cut the centre out
+    s = max(th / h, tw / w)
+    nh, nw = max(th, int(math.ceil(h * s - 1e-6))), max(tw, int(math.ceil(w * s - 1e-6)))
+    resized = resize_bilinear(img, nh, nw)
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    return resized[top:top + th, left:left + tw]
+
+
+def preprocess(image: np.ndarray, spec: PreprocessSpec, input_color: str = "rgb") -> np.ndarray:
+    """One image (HxWx3 uint8 in ``input_color`` order, or grey) -> float32 tensor in ``spec.layout`` without N."""
+    if input_color not in ("rgb", "bgr"):
+        raise ValueError("input_color must be 'rgb' or 'bgr', got %r" % (input_color,))
+    img = _as_hwc(image).astype(np.float32)
+    img = _convert_color(img, input_color, spec.color)
+    img = _fit(img, spec)
+    c = spec.channels
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, 1, -1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(1, 1, -1)
+    x = (img * np.float32(spec.scale) - mean) / std
+    x = np.broadcast_to(x, (spec.height, spec.width, c)).astype(np.float32)
+    if spec.layout == "nchw":
+        x = np.transpose(x, (2, 0, 1))
+    return np.ascontiguousarray(x)
+
+
+def preprocess_batch(images: Iterable[np.ndarray], spec: PreprocessSpec, input_color: str = "rgb") -> np.ndarray:
+    """Several images -> one float32 batch (N first)."""
+    out: List[np.ndarray] = [preprocess(img, spec, input_color) for img in images]
+    if not out:
+        return np.zeros((0,) + spec.input_shape()[1:], dtype=np.float32)
+    return np.stack(out, axis=0)
+
+
+def to_layout(batch: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Transpose a 4-D batch between ``nchw`` and ``nhwc``."""
+    if src == dst:
+        return batch
+    if (src, dst) == ("nchw", "nhwc"):
+        return np.ascontiguousarray(np.transpose(batch, (0, 2, 3, 1)))
+    if (src, dst) == ("nhwc", "nchw"):
+        return np.ascontiguousarray(np.transpose(batch, (0, 3, 1, 2)))
+    raise ValueError("unknown layouts %r -> %r" % (src, dst))

@@ -1,0 +1,82 @@
+"""The one exception tree of edgesight.
+
+Every error a user can cause (bad config, bad model file, bad package, bad image, missing optional package) is an
+:class:`EdgesightError`. Its message says what is wrong, names the file and/or field, and says what to do. The CLI
+prints such errors as one paragraph without a traceback and exits with :attr:`EdgesightError.exit_code`.
+"""
+from typing import Optional
+
+
+class EdgesightError(Exception):
+    """Base class. ``str(err)`` is the complete, user-facing message."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, file: Optional[str] = None, field: Optional[str] = None,
+                 hint: Optional[str] = None) -> None:
+        self.message = message
+        self.file = None if file is None else str(file)
+        self.field = field
+        self.hint = hint
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.file:
+            where.append(self.file)
+        if self.field:
+            where.append("field '%s'" % self.field)
+        text = ("%s: %s" % (", ".join(where), self.message)) if where else self.message
+        if self.hint:
+            text += " " + self.hint
+        return text
+
+
+class ConfigError(EdgesightError):
+    """A configuration file or option is invalid."""
+
+    exit_code = 2
+
+
+class PackageError(EdgesightError):
+    """A model package (``edgesight.yaml`` + files) is missing, malformed or inconsistent."""
+
+    exit_code = 3
+
+
+class ModelFileError(EdgesightError):
+    """A model file (ONNX, TFLite, engine) cannot be read or is not what it claims to be."""
+
+    exit_code = 3
+
+
+class ImageError(EdgesightError):
+    """An image cannot be read or has an unusable shape."""
+
+    exit_code = 4
+
+
+class MissingDependencyError(EdgesightError):
+    """An optional package is not installed; the message names the extra that installs it."""
+
+    exit_code = 5
+
+    def __init__(self, what: str, extra: str, *, module: Optional[str] = None, detail: Optional[str] = None) -> None:
+        self.extra = extra
+        self.module = module
+        msg = "%s needs %s, which is not installed." % (what, module or extra)
+        if detail:
+            msg += " (%s)" % detail
+        super().__init__(msg, hint="Install it with: pip install 'edgesight[%s]'" % extra)
+
+
+class RuntimeStateError(EdgesightError):
+    """A runtime was used in the wrong state (infer before load, after close) or with a bad input."""
+
+    exit_code = 6
+
+
+class InferenceError(EdgesightError):
+    """The inference engine itself failed."""
+
+    exit_code = 6

@@ -1,0 +1,61 @@
+"""Backends by name (the ``runtime:`` key of the package and of the agent config), imported only when used."""
+import importlib
+import importlib.util
+from typing import Any, Dict, List, Optional, Tuple, Type
+
+from ..errors import ConfigError
+from .base import Runtime
+
+# name -> (module, runner class, config class, python module whose presence makes the backend usable)
+_BACKENDS: Dict[str, Tuple[str, str, str, Tuple[str, ...]]] = {
+    "onnxruntime": ("edgesight.runtimes.ort_backend", "OnnxRuntimeRunner", "OnnxRuntimeConfig", ("onnxruntime",)),
+    "tflite": ("edgesight.runtimes.tflite_backend", "TfliteRunner", "TfliteConfig",
+               ("ai_edge_litert", "tflite_runtime", "tensorflow")),
+    "tensorrt": ("edgesight.runtimes.tensorrt_backend", "TensorRTRunner", "TensorRTConfig", ("tensorrt",)),
+}
+
+RUNTIME_NAMES: Tuple[str, ...] = tuple(_BACKENDS)
+
+
+def _entry(name: str) -> Tuple[str, str, str, Tuple[str, ...]]:
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        raise ConfigError("unknown runtime %r; choose one of %s" % (name, ", ".join(RUNTIME_NAMES)), field="runtime")
+
+
+def runtime_class(name: str) -> Type[Runtime]:
+    module, cls, _, _ = _entry(name)
+    return getattr(importlib.import_module(module), cls)
+
+
+def config_class(name: str) -> Any:
+    module, _, cfg, _ = _entry(name)
+    return getattr(importlib.import_module(module), cfg)
+
+
+def is_installed(name: str) -> bool:
+    """Whether the backend's engine package can be found (cheap: nothing is imported)."""
+    if name == "tensorrt":
+        return False  # backend not implemented yet (TensorRT issue)
+    return any(_find(m) for m in _entry(name)[3])
+
+
+def _find(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def installed_runtimes() -> List[str]:
+    return [n for n in RUNTIME_NAMES if is_installed(n)]
+
+
+def create_runtime(name: str, model_path: str, input_layout: str = "nchw", layout: Optional[str] = None,
+                   config: Optional[Any] = None) -> Runtime:
+    """A new, not yet loaded runtime; ``config`` is the backend's config object or a dict of its fields."""
+    cfg_cls = config_class(name)
+    if isinstance(config, dict):
+        config = cfg_cls(**config)
+    return runtime_class(name)(model_path, input_layout=input_layout, layout=layout, config=config)
