@@ -163,9 +163,12 @@ def _fmt(shape: Tuple[Optional[int], ...]) -> str:
 
 
 def quantize(x: np.ndarray, q: QuantParams, dtype: np.dtype) -> np.ndarray:
-    """Float -> int8/uint8 with round-half-to-even and saturation (TFLite's convention)."""
+    """Float -> int8/uint8 as TFLite's Quantize op does: ``round(x / scale) + zero_point`` with rounding half away
+    from zero, then saturation to the integer range."""
     info = np.iinfo(dtype)
-    return np.clip(np.round(x / q.scale) + q.zero_point, info.min, info.max).astype(dtype)
+    v = np.asarray(x, dtype=np.float32) / np.float32(q.scale)
+    rounded = np.sign(v) * np.floor(np.abs(v) + 0.5)
+    return np.clip(rounded + q.zero_point, info.min, info.max).astype(dtype)
 
 
 def dequantize(x: np.ndarray, q: QuantParams) -> np.ndarray:

@@ -7,7 +7,7 @@ the model's output size matches the label count.
 import hashlib
 import logging
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -176,7 +176,7 @@ class ModelPackage(object):
     def preprocess(self) -> PreprocessSpec:
         return self.manifest.preprocess
 
-    def path(self, ref: "FileRef | Artifact") -> str:
+    def path(self, ref: Union[FileRef, Artifact]) -> str:
         return os.path.join(self.root, ref.file)
 
     # -- loading ---------------------------------------------------------------------------------------------
