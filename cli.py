@@ -171,6 +171,90 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- convert ---------------------------------------------------------------------------------------------------
+def cmd_convert(args: argparse.Namespace) -> int:
+    import os
+
+    from .calibration.preprocess import PreprocessSpec
+    from .converters.convert import TARGETS, ConvertOptions, Progress, convert, default_spec
+    from .converters.onnx_model import read_interface
+    from .converters.package_builder import read_labels, read_preprocess
+
+    spec = read_preprocess(args.preprocess) if args.preprocess else None
+    flags = {k: v for k, v in (("size", args.size), ("resize", args.resize), ("color", args.color),
+                               ("scale", args.scale), ("mean", args.mean), ("std", args.std),
+                               ("layout", args.layout)) if v is not None}
+    if flags:
+        base = spec.model_dump() if spec else {}
+        if "size" not in base and "size" not in flags:
+            base = default_spec(read_interface(args.model)).model_dump()
+        try:
+            spec = PreprocessSpec(**dict(base, **flags))
+        except ValueError as exc:
+            raise EdgesightError("invalid preprocessing flags: %s" % str(exc).replace("\n", " "))
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else list(TARGETS)
+    stem = os.path.splitext(os.path.basename(args.model))[0].replace(".fp32", "")
+    opts = ConvertOptions(
+        model=args.model, calib=args.calib, val=args.val, out=args.out or stem + "-package",
+        labels=read_labels(args.labels) if args.labels else None, preprocess=spec, targets=targets,
+        max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement, calib_count=args.calib_count,
+        seed=args.seed, method=args.method, tflite_io=args.tflite_io, name=args.name, version=args.version,
+        threshold=args.threshold, output=args.output, force=args.force)
+    result = convert(opts, Progress(enabled=not args.quiet))
+    rep = result.report
+    if args.json:
+        _out(json.dumps(dict(rep, exit_code=result.exit_code, package_dir=os.path.abspath(opts.out)), indent=2))
+        return result.exit_code
+    fp32 = rep["fp32"]
+    _out("%-14s %-22s %9s %8s %8s %9s %8s %9s %6s  %s" % ("target", "file", "size", "x fp32", "top-1", "agreement",
+                                                         "cosine", "latency", "x fp32", "gate"))
+    rows = [dict(fp32, target="fp32 (source)", gate=None)] + rep["artifacts"]
+    for a in rows:
+        m = a.get("metrics", {})
+        g = a.get("gate")
+        _out("%-14s %-22s %9s %8s %8s %9s %8s %9s %6s  %s" % (
+            a["target"], a["file"], _human(a["size_bytes"]), "%.2f" % (a["size_bytes"] / float(fp32["size_bytes"])),
+            "-" if m.get("top1") is None else "%.2f%%" % (100 * m["top1"]),
+            "-" if m.get("agreement") is None else "%.2f%%" % (100 * m["agreement"]),
+            "-" if m.get("cosine_mean") is None else "%.4f" % m["cosine_mean"],
+            "-" if a.get("latency_ms") is None else "%.3f ms" % a["latency_ms"],
+            "-" if a.get("latency_ms") is None else "%.2f" % (a["latency_ms"] / fp32["latency_ms"]),
+            "-" if g is None else ("passed" if g["passed"] else "FAILED: " + "; ".join(g["reasons"]))))
+    for f in rep["failed"]:
+        _out("%-14s FAILED: %s" % (f["target"], f["error"]))
+    for note in rep["notes"]:
+        _out(note)
+    if rep["calibration"]["skipped"]:
+        _out("skipped %d unreadable calibration image(s): %s" % (len(rep["calibration"]["skipped"]), ", ".join(
+            os.path.basename(s["file"]) for s in rep["calibration"]["skipped"][:10])))
+    _out("package %s (report.html, report.json) in %.1f s" % (opts.out, rep["seconds"]))
+    if result.exit_code:
+        sys.stderr.write("edgesight: error: %s\n" % ("a target failed (see above); the other artifacts were written"
+                                                     if result.exit_code == 7 else
+                                                     "the validation gate failed for at least one artifact; it is "
+                                                     "marked failed in edgesight.yaml"))
+    return result.exit_code
+
+
+# -- toolchain -------------------------------------------------------------------------------------------------
+def cmd_toolchain(args: argparse.Namespace) -> int:
+    from .converters import toolchain
+
+    if args.toolchain_command == "install":
+        path = toolchain.install(args.name, python=args.python, upgrade=args.upgrade)
+        _out("installed %s toolchain: %s" % (args.name, path))
+        return 0
+    status = {name: {"path": toolchain.venv_dir(name), "installed": toolchain.tool_path(name) is not None,
+                     "versions": toolchain.versions(name)} for name in toolchain.TOOLCHAINS}
+    if args.json:
+        _out(json.dumps(status, indent=2))
+    else:
+        for name, st in status.items():
+            _out("%-8s %-13s %s %s" % (name, "installed" if st["installed"] else "not installed", st["path"],
+                                       " ".join("%s=%s" % kv for kv in sorted(st["versions"].items()))))
+    return 0 if all(st["installed"] for st in status.values()) else 1
+
+
 # -- entry point -----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edgesight", description="Image classifiers on Jetson and Raspberry Pi fleets.")
@@ -199,6 +283,47 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace an existing package")
     c.set_defaults(func=cmd_package_create)
     p.set_defaults(func=lambda a: _usage(p))
+
+    p = sub.add_parser("convert", help="FP32 ONNX + calibration images -> validated INT8 model package")
+    p.add_argument("model", help="FP32 ONNX image classifier (one 4-D image input)")
+    p.add_argument("--calib", required=True, help="calibration images: flat folder or one sub-folder per class")
+    p.add_argument("--val", help="validation images; sub-folders named after labels give accuracy")
+    p.add_argument("--labels", help="text file, one class per line in output order (default: --val sub-folders)")
+    p.add_argument("--preprocess", help="YAML preprocessing spec; the flags below override its fields")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--resize", choices=("letterbox", "center_crop", "stretch"))
+    p.add_argument("--color", choices=("rgb", "bgr", "gray"))
+    p.add_argument("--scale", type=float)
+    p.add_argument("--mean", type=float, nargs="+")
+    p.add_argument("--std", type=float, nargs="+")
+    p.add_argument("--layout", choices=("nchw", "nhwc"))
+    p.add_argument("--targets", help="comma-separated: onnx-int8-trt,onnx-int8-cpu,tflite-int8,tensorrt (default all)")
+    p.add_argument("--out", help="package directory (default: MODEL-package)")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0, help="gate: top-1 drop in points (default 1.0)")
+    p.add_argument("--min-agreement", type=float, default=0.98, help="gate: top-1 agreement with FP32 (0.98)")
+    p.add_argument("--calib-count", type=int, default=300, help="calibration images to sample (default 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="ONNX calibration method (default minmax, see docs/converting.md)")
+    p.add_argument("--tflite-io", choices=("int8", "float"), default="int8", help="TFLite input/output type")
+    p.add_argument("--name", help="package name (default: model file name)")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--threshold", type=float, default=0.8)
+    p.add_argument("--output", choices=("logits", "probabilities"), default="logits")
+    p.add_argument("--force", action="store_true", help="replace an existing package")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("toolchain", help="managed converter environments (onnx2tf for TFLite)")
+    tsub = p.add_subparsers(dest="toolchain_command", metavar="ACTION")
+    t = tsub.add_parser("install", help="create or complete a toolchain venv")
+    t.add_argument("name", choices=("tflite",))
+    t.add_argument("--python", help="interpreter for the venv (default: this one)")
+    t.add_argument("--upgrade", action="store_true")
+    t = tsub.add_parser("status", help="what is installed where")
+    t.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_toolchain, toolchain_command="status", json=False)
 
     p = sub.add_parser("classify", help="run a package on image files through one or every installed runtime")
     p.add_argument("package", help="package directory")

@@ -80,3 +80,9 @@ class InferenceError(EdgesightError):
     """The inference engine itself failed."""
 
     exit_code = 6
+
+
+class ConversionError(EdgesightError):
+    """A conversion step failed (a tool refused the model, a produced file broke a rule, a toolchain is missing)."""
+
+    exit_code = 7

@@ -65,6 +65,7 @@ class Artifact(_Strict):
     layout: Optional[str] = None  # the artifact's own input layout; default per runtime
     profile: Optional[str] = None  # e.g. tensorrt-qdq / cpu for INT8 ONNX
     built_for: Optional[Dict[str, str]] = None  # TensorRT engines: tensorrt version, device, compute capability
+    io: Optional[Dict[str, Any]] = None  # input/output dtype and quantization (scale, zero_point) as recorded
     validation: Optional[Dict[str, Any]] = None
 
     _file_inside = field_validator("file")(_inside_package)

@@ -44,3 +44,21 @@ def run_cli(*args, cwd=None):
     """Run the real ``edgesight`` command in a subprocess (as a user would)."""
     return subprocess.run([sys.executable, "-m", "edgesight"] + [str(a) for a in args], cwd=cwd,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+
+
+def require_or_skip(ok: bool, what: str) -> None:
+    """Skip locally with the reason; in CI (CI=true) a missing prerequisite fails instead, so skips never pass as
+    green there."""
+    if ok:
+        return
+    if os.environ.get("CI"):
+        pytest.fail("%s is required in CI (.ci/run installs it)" % what)
+    pytest.skip("%s is not installed here" % what)
+
+
+def chromium_binary():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None

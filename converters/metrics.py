@@ -1,0 +1,72 @@
+"""Pure functions comparing classifier outputs (validation report and gate)."""
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """Rows: true class, columns: predicted class."""
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (np.asarray(truth, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    return cm
+
+
+def per_class(cm: np.ndarray, labels: Sequence[str]) -> List[Dict[str, object]]:
+    """Precision, recall and support per class (precision/recall None where undefined)."""
+    out = []
+    for i, label in enumerate(labels):
+        tp = int(cm[i, i])
+        predicted = int(cm[:, i].sum())
+        support = int(cm[i, :].sum())
+        out.append({"label": label, "support": support,
+                    "precision": (tp / predicted) if predicted else None,
+                    "recall": (tp / support) if support else None})
+    return out
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(denom > 0, np.sum(a * b, axis=1) / denom, 1.0)
+    return cos
+
+
+def histogram(values: np.ndarray, bins: int = 10) -> List[int]:
+    """Counts of values in [0, 1] split into ``bins`` equal bins (1.0 falls in the last)."""
+    counts, _ = np.histogram(np.clip(values, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
+    return [int(c) for c in counts]
+
+
+def compare(outputs: np.ndarray, probs: np.ndarray, labels: Sequence[str], truth: Optional[np.ndarray],
+            ref_outputs: Optional[np.ndarray] = None) -> Dict[str, object]:
+    """Metrics for one artifact: top-1 (+ confusion, per class) where labelled, agreement/cosine vs a reference."""
+    pred = probs.argmax(axis=1)
+    res: Dict[str, object] = {"images": int(len(pred)), "confidence_histogram": histogram(probs.max(axis=1))}
+    if truth is not None:
+        cm = confusion_matrix(truth, pred, len(labels))
+        res["top1"] = float((pred == truth).mean())
+        res["confusion"] = cm.tolist()
+        res["per_class"] = per_class(cm, labels)
+    if ref_outputs is not None:
+        res["agreement"] = float((pred == ref_outputs.argmax(axis=1)).mean())
+        res["cosine_mean"] = float(cosine_rows(outputs, ref_outputs).mean())
+        res["cosine_min"] = float(cosine_rows(outputs, ref_outputs).min())
+    return res
+
+
+def gate(metrics: Dict[str, object], fp32: Dict[str, object], max_accuracy_drop: float,
+         min_agreement: float) -> Dict[str, object]:
+    """Pass/fail with reasons. Accuracy drop is in percentage points; labelled sets check both rules."""
+    reasons = []
+    drop = None
+    if "top1" in metrics and "top1" in fp32:
+        drop = 100.0 * (float(fp32["top1"]) - float(metrics["top1"]))  # type: ignore[arg-type]
+        if drop > max_accuracy_drop:
+            reasons.append("top-1 drops %.2f pt (limit %.2f)" % (drop, max_accuracy_drop))
+    agreement = metrics.get("agreement")
+    if agreement is not None and float(agreement) < min_agreement:  # type: ignore[arg-type]
+        reasons.append("agreement with FP32 %.4f < %.4f" % (agreement, min_agreement))
+    return {"passed": not reasons, "accuracy_drop_pt": drop, "reasons": reasons,
+            "max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement}

@@ -1,0 +1,114 @@
+"""INT8 TFLite through onnx2tf (run from its managed toolchain), calibrated with our own preprocessed images.
+
+Facts this code works around (measured with onnx2tf 1.29.24):
+- onnx2tf overwrites its input with the onnxsim-simplified model, so it gets a copy;
+- it calls ``onnxsim`` by name, so the toolchain's bin/ must be on PATH;
+- for 4-D 3-channel inputs it downloads ``calibration_image_sample_data_20x128x128x3_float32.npy`` from the internet
+  even when calibration data is given: a stand-in of that name in its working directory keeps it offline;
+- ``-cind`` data must be NHWC float32 and is normalised by onnx2tf with the mean/std given next to it, so we pass
+  the fully preprocessed tensors with mean 0 and std 1: the TFLite model is calibrated on exactly what it will see;
+- ``*_full_integer_quant.tflite`` has int8 input/output, ``*_integer_quant.tflite`` float input/output; the
+  dynamic-range files do not load in tflite-runtime 2.14 and int16-activation variants are ~150x slower, so neither
+  is used.
+"""
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from typing import List, NamedTuple, Optional
+
+import numpy as np
+
+from ..calibration.dataset import save_npy
+from ..calibration.preprocess import PreprocessSpec
+from ..errors import ConversionError
+from . import toolchain
+from .onnx_model import import_onnx, read_interface
+
+log = logging.getLogger(__name__)
+
+STAND_IN = "calibration_image_sample_data_20x128x128x3_float32.npy"
+IO_TYPES = ("int8", "float")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class TfliteResult(NamedTuple):
+    path: str
+    io: str
+    seconds: float
+
+
+def convert_int8(onnx_path: str, calib: np.ndarray, spec: PreprocessSpec, dst: str, io: str = "int8",
+                 timeout: int = 1800) -> TfliteResult:
+    """Full-integer per-channel INT8 TFLite (NHWC) from ``onnx_path`` calibrated on ``calib`` (spec layout)."""
+    import time
+
+    if io not in IO_TYPES:
+        raise ValueError("io must be one of %s" % (IO_TYPES,))
+    onnx2tf = toolchain.require("tflite")
+    iface = read_interface(onnx_path)
+    start = time.perf_counter()
+    work = tempfile.mkdtemp(prefix="edgesight-onnx2tf-")
+    try:
+        model = os.path.join(work, "model.onnx")
+        shutil.copyfile(onnx_path, model)
+        np.save(os.path.join(work, STAND_IN), np.zeros((20, 128, 128, 3), dtype=np.float32))
+        npy = save_npy(calib, os.path.join(work, "calib.npy"), spec.layout, "nhwc")
+        c = spec.channels
+        zeros = "[[[[%s]]]]" % ",".join(["0.0"] * c)
+        ones = "[[[[%s]]]]" % ",".join(["1.0"] * c)
+        shape = (1,) + tuple(d if d else s for d, s in zip(iface.input_shape[1:], spec.input_shape()[1:]))
+        cmd = [onnx2tf, "-i", model, "-o", os.path.join(work, "out"),
+               "-ois", "%s:%s" % (iface.input_name, ",".join(str(d) for d in shape)),
+               "-oiqt", "-qt", "per-channel", "-cind", iface.input_name, npy, zeros, ones,
+               "-iqd", "int8", "-oqd", "int8"]
+        if spec.layout == "nhwc":
+            cmd += ["-kt", iface.input_name]  # already NHWC: keep it
+        log.info("running onnx2tf (INT8, per-channel, %d calibration images)", len(calib))
+        try:
+            proc = subprocess.run(cmd, cwd=work, env=toolchain.tool_env("tflite"), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ConversionError("onnx2tf did not finish within %d s" % timeout, file=onnx_path)
+        output = _ANSI.sub("", proc.stdout.decode("utf-8", "replace"))
+        suffix = "_full_integer_quant.tflite" if io == "int8" else "_integer_quant.tflite"
+        produced = os.path.join(work, "out", "model" + suffix)
+        if proc.returncode != 0 or not os.path.isfile(produced):
+            raise ConversionError(explain_failure(output, onnx_path), file=onnx_path)
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        shutil.copyfile(produced, dst)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return TfliteResult(dst, io, time.perf_counter() - start)
+
+
+def explain_failure(output: str, onnx_path: str) -> str:
+    """One paragraph naming the op and node onnx2tf failed on, from its log."""
+    missing = re.search(r"(\w+) OP is not yet implemented", output)
+    if missing:
+        op = missing.group(1)
+        nodes = _nodes_of_type(onnx_path, op)
+        return ("onnx2tf cannot convert op %s (node %s): it has no TFLite implementation. Replace that op in the "
+                "model, or drop the tflite-int8 target; the other targets are still produced."
+                % (op, ", ".join(repr(n) for n in nodes[:5]) or "?"))
+    last = re.findall(r"onnx_op_type:\s*(\S+)\s+onnx_op_name:\s*(\S+)", output)
+    errors = [ln.strip() for ln in output.splitlines() if re.search(r"\bERROR\b|Error:", ln)]
+    detail = errors[-1] if errors else (output.strip().splitlines()[-1] if output.strip() else "no output")
+    if last:
+        op, node = last[-1]
+        return "onnx2tf failed at op %s (node %r): %s" % (op, node, detail[:400])
+    return "onnx2tf failed: %s" % detail[:400]
+
+
+def _nodes_of_type(onnx_path: str, op: str) -> List[str]:
+    onnx = import_onnx()
+    try:
+        return [n.name or "(unnamed)" for n in onnx.load(onnx_path).graph.node if n.op_type == op]
+    except Exception:
+        return []
+
+
+def tool_version() -> Optional[str]:
+    return toolchain.versions("tflite").get("onnx2tf")
