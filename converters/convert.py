@@ -130,6 +130,7 @@ def convert(opts: ConvertOptions, progress: Optional[Progress] = None) -> Conver
         log.warning("no --val folder: validating on the calibration images (agreement only is meaningful)")
         val, val_name = calib, opts.calib + " (calibration images: no --val given)"
     truth = label_indices(val.samples, labels)
+    t_loaded = time.perf_counter()
 
     artifacts: List[Dict[str, Any]] = []  # built here, validated below
     failed: List[Dict[str, str]] = []
@@ -169,6 +170,7 @@ def convert(opts: ConvertOptions, progress: Optional[Progress] = None) -> Conver
         if artifacts and artifacts[-1]["target"] == target:
             artifacts[-1]["seconds"] = round(time.perf_counter() - t0, 2)
 
+    t_targets = time.perf_counter()
     progress.step("validating FP32 and %d artifact(s) on %d images" % (len(artifacts), len(val.samples)))
     fp32_out, fp32_latency, _ = _run(pkg, source, "onnxruntime", spec.layout, val.tensors, opts.latency_runs)
     fp32_probs = to_probabilities(fp32_out, opts.output)
@@ -205,6 +207,8 @@ def convert(opts: ConvertOptions, progress: Optional[Progress] = None) -> Conver
         "gate": {"max_accuracy_drop": opts.max_accuracy_drop, "min_agreement": opts.min_agreement},
         "fp32": fp32_entry, "artifacts": [dict(a, name=a["target"]) for a in artifacts], "failed": failed,
         "notes": notes, "seconds": round(time.perf_counter() - t_start, 2),
+        "timings": {"load_images": round(t_loaded - t_start, 3), "targets": round(t_targets - t_loaded, 3),
+                    "validation": round(time.perf_counter() - t_targets, 3)},
     }
     manifest = Manifest(**dict(pkg.manifest.to_yaml_dict(), artifacts=[
         m.model_dump(mode="json", exclude_none=True) for m in manifest_artifacts],
