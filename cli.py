@@ -255,6 +255,38 @@ def cmd_toolchain(args: argparse.Namespace) -> int:
     return 0 if all(st["installed"] for st in status.values()) else 1
 
 
+# -- agent -----------------------------------------------------------------------------------------------------
+def cmd_agent(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .agent.config import load_config
+    from .agent.sdnotify import Notifier
+    from .agent.service import Agent
+
+    cfg = load_config(args.config)
+    if args.check_config:
+        _out("%s: valid (device %s, %d camera(s), package %s, broker %s:%d)"
+             % (args.config, cfg.device_id, len(cfg.cameras), cfg.package, cfg.mqtt.host, cfg.mqtt.port))
+        return 0
+    if not args.verbose:
+        logging.getLogger().setLevel(cfg.log_level.upper())
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    notifier = Notifier()
+    try:
+        return Agent(cfg, notifier, drain_timeout=args.drain_timeout).run(stop, max_frames=args.max_frames,
+                                                                         duration=args.duration)
+    finally:
+        notifier.close()
+
+
 # -- entry point -----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edgesight", description="Image classifiers on Jetson and Raspberry Pi fleets.")
@@ -325,6 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_toolchain, toolchain_command="status", json=False)
 
+    p = sub.add_parser("agent", help="run the on-device service (camera -> model -> MQTT)")
+    p.add_argument("--config", required=True, help="agent YAML (see docs/agent-config.md)")
+    p.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    p.add_argument("--max-frames", type=int, help="stop after this many processed frames (tests, demos)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (tests, demos)")
+    p.add_argument("--drain-timeout", type=float, default=10.0,
+                   help="seconds to keep publishing the outbox after a stop (default 10)")
+    p.set_defaults(func=cmd_agent)
+
     p = sub.add_parser("classify", help="run a package on image files through one or every installed runtime")
     p.add_argument("package", help="package directory")
     p.add_argument("images", nargs="+", help="image files or folders (sub-folder names = true labels)")
@@ -358,6 +399,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a bug or an unexpected failure: show it, exit 1 so systemd restarts the service
+        log.exception("edgesight %s failed", getattr(args, "command", ""))
+        return 1
 
 
 if __name__ == "__main__":

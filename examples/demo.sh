@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# The demo: install edgesight into .venv (first run only), then validate the example package and run the example
-# model through every runtime installed here. (The agent issue turns this into the full camera -> MQTT demo.)
+# The demo on a fresh machine: set-up (venv with edgesight[all]; mosquitto from apt when missing), then the whole
+# product end to end on the bundled example: convert -> local broker -> agent -> subscriber. Ends by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto
+    else
+        sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto
+    fi
+fi
 if [ ! -x .venv/bin/edgesight ]; then
     python3 -m venv .venv
     .venv/bin/pip install -q --upgrade pip
     .venv/bin/pip install -q -e ".[all]"
 fi
-set -x
 .venv/bin/edgesight info examples/digits/package
-.venv/bin/edgesight classify examples/digits/package examples/digits/images/val/seven/digit_0173.png --runtime all
-.venv/bin/edgesight classify examples/digits/package examples/digits/images/val --runtime all
+exec .venv/bin/python examples/demo.py "$@"

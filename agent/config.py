@@ -1,0 +1,260 @@
+"""The agent's YAML config, validated at start-up (docs/agent-config.md documents every key).
+
+Errors name the field and its line and say what is allowed; unknown keys are errors (typos must not pass
+silently); secrets come from a file or the environment and are never logged or echoed.
+"""
+import os
+import socket
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    """Where frames come from. ``type`` selects the kind; only that kind's keys apply."""
+
+    type: str = Field(description="folder | video | v4l2 | url | gstreamer | jetson_csi | pi_libcamera")
+    path: Optional[str] = None  # folder, video
+    device: Optional[Union[int, str]] = None  # v4l2: index or /dev/videoN
+    url: Optional[str] = None  # rtsp:// http://
+    pipeline: Optional[str] = None  # gstreamer, ending in appsink
+    sensor_id: int = 0  # jetson_csi
+    width: Optional[int] = Field(None, ge=16)
+    height: Optional[int] = Field(None, ge=16)
+    fps: float = Field(10.0, gt=0, description="frames per second to process at most")
+    loop: bool = True  # folder, video: start again at the end
+    reconnect_min: float = Field(0.5, gt=0)
+    reconnect_max: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _required_for_type(self) -> "SourceConfig":
+        need = {"folder": "path", "video": "path", "v4l2": "device", "url": "url", "gstreamer": "pipeline",
+                "jetson_csi": None, "pi_libcamera": None}
+        if self.type not in need:
+            raise ValueError("type must be one of %s, got %r" % (" | ".join(need), self.type))
+        key = need[self.type]
+        if key and getattr(self, key) in (None, ""):
+            raise ValueError("type %s needs '%s'" % (self.type, key))
+        if self.type == "url" and not str(self.url).lower().startswith(("rtsp://", "rtsps://", "http://",
+                                                                         "https://", "rtmp://", "udp://")):
+            raise ValueError("url must start with rtsp://, rtsps://, http://, https://, rtmp:// or udp://, got %r"
+                             % self.url)
+        if self.reconnect_max < self.reconnect_min:
+            raise ValueError("reconnect_max must be >= reconnect_min")
+        return self
+
+
+class CameraConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="used in MQTT topics")
+    source: SourceConfig
+
+
+class ThresholdsConfig(_Strict):
+    default: Optional[float] = Field(None, ge=0.0, le=1.0, description="override the package's default")
+    per_class: Dict[str, float] = Field(default_factory=dict)
+    hysteresis: int = Field(1, ge=1, description="consecutive agreeing accepted frames before state changes")
+
+
+class TlsConfig(_Strict):
+    ca_file: Optional[str] = None  # None: the system CA store
+    cert_file: Optional[str] = None  # mutual TLS
+    key_file: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TlsConfig":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
+        return self
+
+
+class MqttConfig(_Strict):
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: str = "5"
+    topic_prefix: str = "edgesight"
+    client_id: Optional[str] = None
+    username: Optional[str] = None
+    password_file: Optional[str] = None
+    password_env: Optional[str] = None
+    tls: Optional[TlsConfig] = None
+    keepalive: int = Field(30, ge=5, le=3600)
+    reconnect_min: float = Field(1.0, gt=0)
+    reconnect_max: float = Field(60.0, gt=0)
+    publish_mode: str = "every_frame"
+    min_interval: float = Field(0.0, ge=0)
+    top_k: int = Field(3, ge=1, le=20)
+    inflight: int = Field(20, ge=1, le=1000, description="unacknowledged QoS 1 messages at most")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, v: Any) -> str:
+        v = str(v)
+        if v not in ("5", "3.1.1"):
+            raise ValueError("protocol must be 5 or 3.1.1, got %r" % v)
+        return v
+
+    @field_validator("publish_mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if v not in ("every_frame", "on_change"):
+            raise ValueError("publish_mode must be every_frame or on_change, got %r" % v)
+        return v
+
+    @model_validator(mode="after")
+    def _secrets(self) -> "MqttConfig":
+        if self.password_file and self.password_env:
+            raise ValueError("give password_file or password_env, not both")
+        if (self.password_file or self.password_env) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+
+class OutboxConfig(_Strict):
+    path: str = "/var/lib/edgesight/outbox.db"
+    max_bytes: int = Field(64 << 20, ge=1 << 16)
+    max_attempts: int = Field(5, ge=1, description="broker refusals before a message is dead-lettered")
+
+
+class SamplesConfig(_Strict):
+    enabled: bool = True
+    max_per_minute: int = Field(6, ge=0)
+    min_gap: float = Field(5.0, ge=0)
+    max_bytes: int = Field(128 * 1024, ge=4096, le=256 * 1024, description="whole MQTT payload, JPEG included")
+    jpeg_quality: int = Field(85, ge=10, le=100)
+
+
+class StatsConfig(_Strict):
+    interval: float = Field(30.0, gt=0)
+
+
+class AgentConfig(_Strict):
+    device_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0],
+                           pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    package: str
+    runtime: str = "auto"
+    runtime_options: Dict[str, Any] = Field(default_factory=dict)
+    cameras: List[CameraConfig] = Field(min_length=1)
+    thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    log_level: str = "info"
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, v: str) -> str:
+        allowed = ("auto", "onnxruntime", "tflite", "tensorrt")
+        if v not in allowed:
+            raise ValueError("runtime must be one of %s, got %r" % (" | ".join(allowed), v))
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("log_level must be debug | info | warning | error")
+        return v.lower()
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_names(cls, v: List[CameraConfig]) -> List[CameraConfig]:
+        names = [c.name for c in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError("camera names must be unique; repeated: %s" % ", ".join(dup))
+        return v
+
+
+def _loc_to_str(loc: Tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += "[%d]" % part if isinstance(part, int) else ("." if out else "") + str(part)
+    return out
+
+
+def _line_of(root: Optional[yaml.Node], loc: Tuple[Any, ...]) -> Optional[int]:
+    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
+    node, line = root, (root.start_mark.line + 1 if root is not None else None)
+    for part in loc:
+        nxt = None
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            for k, v in node.value:
+                if getattr(k, "value", None) == part:
+                    nxt, line = v, k.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            nxt = node.value[part]
+            line = nxt.start_mark.line + 1
+        if nxt is None:
+            break
+        node = nxt
+    return line
+
+
+def load_config(path: str) -> AgentConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError("cannot read config file (%s)" % exc.strerror, file=path)
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = " at line %d, column %d" % (mark.line + 1, mark.column + 1) if mark is not None else ""
+        raise ConfigError("YAML syntax error%s: %s" % (where, getattr(exc, "problem", None) or exc), file=path)
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping of settings (package, cameras, mqtt, ...)", file=path)
+    try:
+        cfg = AgentConfig(**data)
+    except ValidationError as exc:
+        msgs = []
+        for e in exc.errors()[:5]:
+            loc = tuple(p for p in e["loc"] if p not in ("function-after",))
+            what = {"missing": "missing (required)", "extra_forbidden": "unknown key (not allowed; check the "
+                    "spelling against docs/agent-config.md)"}.get(e["type"], e["msg"])
+            line = _line_of(root, loc)
+            msgs.append("%s%s: %s" % (_loc_to_str(loc) or "(top level)", " (line %d)" % line if line else "", what))
+        first = exc.errors()[0]
+        raise ConfigError("invalid config: %s" % "; ".join(msgs), file=path, field=_loc_to_str(first["loc"]) or None)
+    try:
+        check_files(cfg)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file=path, field=exc.field)
+    return cfg
+
+
+def check_files(cfg: AgentConfig) -> None:
+    """Files the config names must be readable now, not at the first TLS handshake."""
+    tls = cfg.mqtt.tls
+    for field, path in (("mqtt.tls.ca_file", tls and tls.ca_file), ("mqtt.tls.cert_file", tls and tls.cert_file),
+                        ("mqtt.tls.key_file", tls and tls.key_file), ("mqtt.password_file", cfg.mqtt.password_file)):
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError("cannot read %s (%s)" % (path, "no such file" if not os.path.exists(path) else
+                                                       "permission denied"), field=field)
+
+
+def read_password(cfg: MqttConfig) -> Optional[str]:
+    """The MQTT password from its file or environment variable (never logged)."""
+    if cfg.password_file:
+        try:
+            with open(cfg.password_file, encoding="utf-8") as f:
+                return f.read().strip("\r\n")
+        except OSError as exc:
+            raise ConfigError("cannot read the MQTT password file (%s)" % exc.strerror, file=cfg.password_file,
+                              field="mqtt.password_file")
+    if cfg.password_env:
+        value = os.environ.get(cfg.password_env)
+        if value is None:
+            raise ConfigError("environment variable %s is not set" % cfg.password_env, field="mqtt.password_env")
+        return value
+    return None

@@ -1,0 +1,200 @@
+"""The MQTT side: one paho-mqtt 2.x client (MQTT 5 by default, 3.1.1 selectable) and the publisher thread that
+moves committed outbox rows to the broker.
+
+paho's callbacks run on its network thread under its internal lock, so they only flip events and queue
+(mid, reason) pairs; all disk work (deleting acknowledged rows, dead-lettering refused ones) happens in the
+publisher thread.
+"""
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections import deque
+from typing import Deque, Dict, Optional, Tuple
+
+from ..errors import MissingDependencyError
+from . import payloads
+from .config import MqttConfig
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+def _paho():
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError as exc:
+        raise MissingDependencyError("The agent's MQTT link", "agent", module="paho-mqtt", detail=str(exc))
+    return mqtt
+
+
+class MqttLink(object):
+    def __init__(self, cfg: MqttConfig, device_id: str, password: Optional[str] = None) -> None:
+        self.cfg = cfg
+        self.device_id = device_id
+        self.connected = threading.Event()
+        self.acks: "queue.Queue[Tuple[int, int, str]]" = queue.Queue()
+        self.generation = 0  # bumped on every (re)connect: in-flight bookkeeping starts over
+        self.connects = 0
+        self.last_error: Optional[str] = None
+        self.kick = threading.Event()  # set on every ack: wakes the publisher
+        self._stopping = False
+        mqtt = _paho()
+        self._mqtt = mqtt
+        protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
+        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=cfg.client_id or "edgesight-%s" % device_id, protocol=protocol)
+        self.status_topic = payloads.topic(cfg.topic_prefix, device_id, "status")
+        self.client.will_set(self.status_topic, payloads.encode(payloads.status("offline", device_id)), qos=1,
+                             retain=True)
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, password)
+        if cfg.tls is not None:
+            # server verification always (CERT_REQUIRED + hostname check); client cert for mutual TLS
+            self.client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file,
+                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.client.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min)), max_delay=int(cfg.reconnect_max))
+        self.client.max_inflight_messages_set(cfg.inflight)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_connect_fail = self._on_connect_fail
+
+    # -- paho callbacks (network thread, paho's lock held: no disk work) --------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.last_error = "broker refused the connection: %s" % reason_code
+            log.error("MQTT %s", self.last_error)
+            return
+        self.generation += 1
+        self.connects += 1
+        self.last_error = None
+        client.publish(self.status_topic, payloads.encode(payloads.status("online", self.device_id)), qos=1,
+                       retain=True)
+        self.connected.set()
+        self.kick.set()
+        log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected.is_set() and not self._stopping:
+            log.warning("MQTT disconnected (%s); reconnecting with backoff", reason_code)
+        self.connected.clear()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        failed = bool(getattr(reason_code, "is_failure", False))
+        self.acks.put((mid, 1 if failed else 0, str(reason_code) if failed else ""))
+        self.kick.set()
+
+    # -- control ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect once in the foreground, so that the reason of a failure (refused, TLS verification, DNS) is
+        logged; then paho's thread keeps (re)connecting with capped backoff either way."""
+        try:
+            self.client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        except (OSError, ValueError) as exc:  # ssl.SSLError and socket errors are OSErrors
+            self.last_error = "cannot connect to %s:%d: %s" % (self.cfg.host, self.cfg.port, exc)
+            log.error("MQTT %s; retrying in the background", self.last_error)
+            self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        self.client.loop_start()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        log.warning("MQTT connection to %s:%d failed; retrying with backoff", self.cfg.host, self.cfg.port)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Optional[int]:
+        """The message id, or None when it could not be handed to the socket (not connected)."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+            return None
+        return info.mid
+
+    def stop(self, final_state: str = "stopped", timeout: float = 3.0) -> None:
+        """Publish the final retained status (when connected), disconnect cleanly (no Last Will), stop the loop."""
+        self._stopping = True
+        if self.connected.is_set():
+            info = self.client.publish(self.status_topic, payloads.encode(payloads.status(final_state,
+                                                                                         self.device_id)),
+                                       qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("final status not confirmed: %s", exc)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Publisher(object):
+    """Moves committed rows from the outbox to the broker; deletes them on PUBACK; dead-letters refused ones."""
+
+    def __init__(self, link: MqttLink, outbox: Outbox, inflight: int = 20, resend_after: float = 30.0) -> None:
+        self.link, self.outbox = link, outbox
+        self.max_inflight = inflight
+        self.resend_after = resend_after
+        self._inflight: Dict[int, Tuple[int, float, Optional[float], str]] = {}  # mid -> row id, sent, captured, kind
+        self._generation = -1
+        self.capture_to_publish_ms: Deque[float] = deque(maxlen=2000)
+        self.published = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
+
+    def start(self) -> "Publisher":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.link.kick.set()
+        self._thread.join(timeout)
+
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def wake(self) -> None:
+        """Something was committed: publish it now rather than at the next poll."""
+        self.link.kick.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.link.kick.wait(0.05)
+            self.link.kick.clear()
+            self.step()
+
+    def step(self) -> None:
+        self._drain_acks()
+        if not self.link.connected.is_set():
+            return
+        if self._generation != self.link.generation:  # new connection: whatever was in flight is sent again
+            self._generation = self.link.generation
+            self._inflight.clear()
+        now = time.time()
+        stale = [mid for mid, (_, sent, _, _) in self._inflight.items() if now - sent > self.resend_after]
+        for mid in stale:
+            del self._inflight[mid]
+        room = self.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        busy = {row_id for row_id, _, _, _ in self._inflight.values()}
+        for row in self.outbox.pending(room, exclude=busy):
+            mid = self.link.publish(row.topic, row.payload, row.qos, row.retain)
+            if mid is None:
+                return
+            self._inflight[mid] = (row.id, time.time(), row.captured, row.kind)
+            self.published += 1
+
+    def _drain_acks(self) -> None:
+        try:
+            mid, failed, reason = self.link.acks.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            entry = self._inflight.pop(mid, None)
+            if entry is not None:
+                row_id, _, captured, kind = entry
+                if failed:
+                    self.outbox.refused(row_id, reason)
+                elif self.outbox.ack(row_id) and captured is not None and kind == "result":
+                    self.capture_to_publish_ms.append(1000.0 * (time.time() - captured))
+            try:
+                mid, failed, reason = self.link.acks.get_nowait()
+            except queue.Empty:
+                return

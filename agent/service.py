@@ -1,0 +1,256 @@
+"""`edgesight agent`: camera frames -> runtime -> thresholds -> durable outbox -> MQTT, as a systemd service.
+
+Threads: one capture thread per camera (latest-frame slot), the main loop (inference, decisions, outbox commits,
+stats, watchdog), the publisher (outbox -> broker) and paho's network thread. Every loop waits on the stop event
+with a timeout; SIGTERM sets it, the pipeline stops taking frames, the outbox is drained for up to
+``drain_timeout`` seconds (what is not sent stays committed for the next start), and the process exits 0.
+"""
+import logging
+import os
+import platform
+import threading
+import time
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..calibration.preprocess import preprocess
+from ..errors import PackageError
+from ..runtimes.base import Runtime
+from ..runtimes.package import Artifact, ModelPackage
+from ..runtimes.postprocess import to_probabilities, top_k
+from ..runtimes.registry import is_installed
+from . import decisions, payloads
+from .config import AgentConfig, read_password
+from .mqtt import MqttLink, Publisher
+from .outbox import Outbox
+from .samples import jpeg_budget, jpeg_within
+from .sdnotify import Notifier
+from .sources import Capture, Frame, make_source
+
+log = logging.getLogger(__name__)
+
+
+def choose_artifact(pkg: ModelPackage, runtime: str = "auto", machine: Optional[str] = None) -> Tuple[int, Artifact]:
+    """``auto``: TFLite on ARM, else ONNX Runtime (TensorRT once its backend exists); within a runtime, INT8 that
+    passed validation before FP32, and for ONNX Runtime the ``cpu`` profile (the ``tensorrt-qdq`` one is slow on
+    CPUs). Artifacts whose validation failed are never chosen automatically."""
+    machine = (machine or platform.machine()).lower()
+    arm = machine.startswith(("arm", "aarch64"))
+    order = [runtime] if runtime != "auto" else (["tflite", "onnxruntime"] if arm else ["onnxruntime", "tflite"])
+
+    def rank(a: Artifact) -> int:
+        r = 0 if a.precision == "int8" else 1
+        if a.profile == "tensorrt-qdq":
+            r = 2
+        return r
+
+    for rt in order:
+        if runtime == "auto" and not is_installed(rt):
+            continue
+        cands = [(i, a) for i, a in enumerate(pkg.manifest.artifacts) if a.runtime == rt and
+                 (a.validation is None or a.validation.get("passed", True))]
+        if cands:
+            return sorted(cands, key=lambda ia: (rank(ia[1]), ia[0]))[0]
+    raise PackageError("has no usable artifact for runtime %s on this device (%s; installed runtimes decide 'auto')"
+                       % (runtime, machine), file=pkg.manifest_path, field="artifacts")
+
+
+def rss_bytes() -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class Agent(object):
+    def __init__(self, cfg: AgentConfig, notifier: Optional[Notifier] = None, drain_timeout: float = 10.0) -> None:
+        self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.drain_timeout = drain_timeout
+        self.started = time.time()
+        self.processed = 0
+        self.inference_ms: Deque[float] = deque(maxlen=2000)
+        self.counts: Dict[str, int] = {}
+        self.samples_sent = 0
+        self.samples_skipped = 0
+        self.results_published = 0
+        self.pkg: Optional[ModelPackage] = None
+        self.rt: Optional[Runtime] = None
+        self.artifact: Optional[Artifact] = None
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+    def load_model(self) -> None:
+        self.pkg = ModelPackage.load(self.cfg.package)  # schema, files, sha256: always verified on the device
+        idx, self.artifact = choose_artifact(self.pkg, self.cfg.runtime)
+        self.rt = self.pkg.open_runtime(artifact_index=idx, config=self.cfg.runtime_options or None)
+        m = self.pkg.manifest
+        self.model_info = {"name": m.name, "version": m.version, "sha256": self.artifact.sha256[:12],
+                           "artifact": self.artifact.file, "runtime": self.artifact.runtime}
+        log.info("model %s %s: %s on %s", m.name, m.version, self.artifact.file, self.artifact.runtime)
+
+    def run(self, stop: threading.Event, max_frames: Optional[int] = None, duration: Optional[float] = None) -> int:
+        cfg = self.cfg
+        self.notifier.status("loading model")
+        self.load_model()
+        assert self.pkg is not None and self.rt is not None
+        outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes, cfg.outbox.max_attempts)
+        link = MqttLink(cfg.mqtt, cfg.device_id, read_password(cfg.mqtt))
+        publisher = Publisher(link, outbox, cfg.mqtt.inflight)
+        caps = [Capture(c.name, make_source(c.source), c.source.fps, c.source.reconnect_min,
+                        c.source.reconnect_max) for c in cfg.cameras]
+        self.outbox, self.link, self.publisher, self.captures = outbox, link, publisher, caps
+        trackers = {c.name: decisions.StateTracker(cfg.thresholds.hysteresis) for c in cfg.cameras}
+        gates = {c.name: decisions.PublishGate(cfg.mqtt.publish_mode, cfg.mqtt.min_interval) for c in cfg.cameras}
+        limiter = decisions.RateLimiter(cfg.samples.max_per_minute, cfg.samples.min_gap)
+        link.start()
+        publisher.start()
+        for cap in caps:
+            cap.start()
+        self.notifier.ready("running %s on %d camera(s)" % (self.artifact.file, len(caps)))
+        last_stats = time.monotonic()
+        deadline = None if duration is None else time.monotonic() + duration
+        try:
+            while not stop.is_set():
+                progressed = False
+                for cap, cam in zip(caps, cfg.cameras):
+                    frame = cap.take(timeout=0.05 if len(caps) == 1 else 0.01)
+                    if frame is None:
+                        continue
+                    self.process(cam.name, frame, outbox, trackers[cam.name], gates[cam.name], limiter)
+                    publisher.wake()
+                    progressed = True
+                if progressed:
+                    self.notifier.watchdog()  # real progress: a frame processed and committed
+                if time.monotonic() - last_stats >= cfg.stats.interval:
+                    self.commit_stats(outbox, time.monotonic() - last_stats)
+                    last_stats = time.monotonic()
+                if max_frames is not None and self.processed >= max_frames:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if all(c.ended for c in caps) and not progressed:
+                    log.info("every camera reached the end of its input")
+                    break
+        finally:
+            self.notifier.stopping()
+            for cap in caps:
+                cap.stop()
+            self.commit_stats(outbox, max(1e-3, time.monotonic() - last_stats))
+            self._drain(outbox, link)
+            publisher.stop()
+            link.stop("stopped")
+            outbox.close()
+            self.rt.close()
+        return 0
+
+    def _drain(self, outbox: Outbox, link: MqttLink) -> None:
+        end = time.monotonic() + self.drain_timeout
+        while time.monotonic() < end and outbox.depth() > 0 and link.connected.is_set():
+            time.sleep(0.05)
+        left = outbox.depth()
+        if left:
+            log.warning("%d message(s) stay in the outbox for the next start", left)
+
+    # -- per frame -------------------------------------------------------------------------------------------
+    def process(self, camera: str, frame: Frame, outbox: Outbox, tracker: decisions.StateTracker,
+                gate: decisions.PublishGate, limiter: decisions.RateLimiter) -> None:
+        assert self.pkg is not None and self.rt is not None
+        cfg, m = self.cfg, self.pkg.manifest
+        t0 = time.perf_counter()
+        x = preprocess(frame.image, m.preprocess, input_color=frame.color)[None]
+        t1 = time.perf_counter()
+        out = next(iter(self.rt.infer(x).values()))[0]
+        inference_ms = 1000.0 * (time.perf_counter() - t1)
+        probs = to_probabilities(out, m.output)
+        preds = top_k(probs, m.labels, cfg.mqtt.top_k)
+        best = preds[0]
+        default = cfg.thresholds.default if cfg.thresholds.default is not None else m.thresholds.default
+        per_class = dict(m.thresholds.per_class)
+        per_class.update(cfg.thresholds.per_class)
+        threshold = decisions.threshold_for(best.label, default, per_class)
+        accepted = decisions.is_accepted(best.score, threshold)
+        topk = [{"label": p.label, "score": round(p.score, 6)} for p in preds]
+        prefix, dev = cfg.mqtt.topic_prefix, cfg.device_id
+        self.inference_ms.append(inference_ms)
+        self.processed += 1
+        decisions.counts_add(self.counts, best.label if accepted else "_uncertain")
+        now = time.time()
+        result = None
+        if gate.should_publish(best.label, accepted, now):
+            result = payloads.result(dev, camera, self.model_info, best.label, best.score, accepted, threshold,
+                                     topk, frame.captured, inference_ms, 1000.0 * (now - frame.captured),
+                                     frame.seq)
+            if outbox.put("result", payloads.topic(prefix, dev, camera, "result"), payloads.encode(result), qos=1,
+                          captured=frame.captured) is not None:
+                self.results_published += 1
+        changed = tracker.update(best.label, accepted)
+        if changed is not None:
+            outbox.put("state", payloads.topic(prefix, dev, camera, "state"),
+                       payloads.encode(payloads.state(dev, camera, changed, best.score, frame.captured)), qos=1,
+                       retain=True, captured=frame.captured)
+        if cfg.samples.enabled and decisions.low_confidence(best.score, threshold):
+            if limiter.allow(time.monotonic()):
+                self._sample(camera, frame, outbox, best, threshold, topk, result)
+            else:
+                self.samples_skipped += 1
+        log.debug("%s frame %d: %s %.3f (%s) in %.1f ms", camera, frame.seq, best.label, best.score,
+                  "accepted" if accepted else "uncertain", 1000.0 * (time.perf_counter() - t0))
+
+    def _sample(self, camera: str, frame: Frame, outbox: Outbox, best, threshold: float,
+                topk: List[Dict[str, Any]], result: Optional[Dict[str, Any]]) -> None:
+        cfg = self.cfg
+        budget = jpeg_budget(cfg.samples.max_bytes, 2048)
+        enc = jpeg_within(frame.image, frame.color, budget, cfg.samples.jpeg_quality)
+        if enc is None:
+            self.samples_skipped += 1
+            return
+        jpeg, w, h = enc
+        body = payloads.encode(payloads.sample(cfg.device_id, camera, self.model_info, "low_confidence", best.label,
+                                               best.score, threshold, topk, frame.captured, jpeg, w, h,
+                                               result["id"] if result else None))
+        if len(body) > cfg.samples.max_bytes:  # the JSON around the image was larger than reserved
+            self.samples_skipped += 1
+            return
+        if outbox.put("sample", payloads.topic(cfg.mqtt.topic_prefix, cfg.device_id, camera, "sample"), body,
+                      qos=1, captured=frame.captured) is not None:
+            self.samples_sent += 1
+
+    # -- stats -----------------------------------------------------------------------------------------------
+    def stats_payload(self, elapsed: float) -> Dict[str, Any]:
+        counters = self.outbox.counters()
+        inf = list(self.inference_ms)
+        c2p = list(self.publisher.capture_to_publish_ms)
+        return payloads.stats(self.cfg.device_id, {
+            "uptime_s": round(time.time() - self.started, 1),
+            "frames": self.processed, "fps": round(self._fps_window(elapsed), 3),
+            "inference_ms": {"p50": decisions.percentile(inf, 50), "p95": decisions.percentile(inf, 95)},
+            "capture_to_publish_ms": {"p50": decisions.percentile(c2p, 50), "p95": decisions.percentile(c2p, 95)},
+            "cameras": {c.name: c.stats() for c in self.captures},
+            "dropped_frames": sum(c.dropped for c in self.captures),
+            "outbox": {"depth": self.outbox.depth(), "bytes": self.outbox.bytes, "inflight": self.publisher.inflight(),
+                       "counters": counters},
+            "samples": {"sent": self.samples_sent, "skipped": self.samples_skipped,
+                        "evicted": counters.get("evicted_sample", 0) + counters.get("dropped_sample", 0)},
+            "counts": dict(self.counts), "rss_bytes": rss_bytes(),
+            "mqtt": {"connected": self.link.connected.is_set(), "connects": self.link.connects,
+                     "last_error": self.link.last_error},
+        })
+
+    _last_frames = 0
+
+    def _fps_window(self, elapsed: float) -> float:
+        frames, self._last_frames = self.processed - self._last_frames, self.processed
+        return frames / elapsed if elapsed > 0 else 0.0
+
+    def commit_stats(self, outbox: Outbox, elapsed: float) -> None:
+        body = self.stats_payload(elapsed)
+        outbox.put("stats", payloads.topic(self.cfg.mqtt.topic_prefix, self.cfg.device_id, "stats"),
+                   payloads.encode(body), qos=0)
+        self.counts = {}
+        self.notifier.status("%d frames, %.1f fps, outbox %d" % (self.processed, body["fps"], body["outbox"]["depth"]))

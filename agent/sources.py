@@ -1,0 +1,272 @@
+"""Frame sources and the capture thread that keeps only the latest frame.
+
+A source opens, reads frames, and closes; ``read`` returns None at the end of a file/folder (without ``loop``) and
+raises :class:`SourceLost` when the device or stream goes away. :class:`Capture` runs one source in a thread: it
+caps the rate at ``fps``, keeps only the latest frame (a slot, never a queue: a frame the pipeline did not take in
+time is dropped and counted), and reopens a lost source with capped exponential backoff, reporting its state.
+"""
+import logging
+import os
+import threading
+import time
+from typing import Any, Dict, List, NamedTuple, Optional
+
+import numpy as np
+
+from ..calibration.images import list_images, load_image
+from ..errors import ConfigError, ImageError, MissingDependencyError
+from .config import SourceConfig
+
+log = logging.getLogger(__name__)
+
+
+class Frame(NamedTuple):
+    image: np.ndarray  # HxWx3 uint8
+    color: str  # "rgb" or "bgr" (OpenCV)
+    captured: float  # time.time() at capture
+    seq: int
+
+
+class SourceLost(Exception):
+    """The camera or stream went away; the capture thread reopens it."""
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError as exc:
+        raise MissingDependencyError("Camera, stream and video sources", "camera", module="opencv-python-headless",
+                                     detail=str(exc))
+    return cv2
+
+
+def jetson_csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: float = 30.0) -> str:
+    return ("nvarguscamerasrc sensor-id=%d ! video/x-raw(memory:NVMM), width=%d, height=%d, framerate=%d/1 ! "
+            "nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! "
+            "appsink drop=true max-buffers=1 sync=false" % (sensor_id, width, height, max(1, int(round(fps)))))
+
+
+def pi_libcamera_pipeline(width: int = 1280, height: int = 720, fps: float = 30.0) -> str:
+    return ("libcamerasrc ! video/x-raw, width=%d, height=%d, framerate=%d/1 ! videoconvert ! "
+            "video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false"
+            % (width, height, max(1, int(round(fps)))))
+
+
+class Source(object):
+    kind = "base"
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def read(self) -> Optional[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class FolderSource(Source):
+    """Replays an image folder (sorted; sub-folders too). What the tests and the demo use."""
+
+    kind = "folder"
+
+    def __init__(self, path: str, loop: bool = True) -> None:
+        self.path, self.loop = path, loop
+        self._files: List[str] = []
+        self._i = 0
+        self._seq = 0
+
+    def open(self) -> None:
+        if not os.path.isdir(self.path):
+            raise SourceLost("image folder %s does not exist" % self.path)
+        self._files = [p for p, _ in list_images(self.path)]
+        if not self._files:
+            raise SourceLost("image folder %s has no images" % self.path)
+        self._i = 0
+
+    def read(self) -> Optional[Frame]:
+        failures = 0
+        while True:
+            if self._i >= len(self._files):
+                if not self.loop:
+                    return None
+                self.open()  # list the folder again: it may have been emptied (SourceLost) or refilled
+            path = self._files[self._i]
+            self._i += 1
+            try:
+                img = load_image(path)
+            except ImageError as exc:
+                failures += 1
+                if failures >= max(1, len(self._files)):
+                    raise SourceLost("no readable image in %s (%s)" % (self.path, exc.message))
+                log.warning("skipping %s", exc)
+                continue
+            self._seq += 1
+            return Frame(img, "rgb", time.time(), self._seq)
+
+
+class OpenCVSource(Source):
+    """V4L2 devices, RTSP/HTTP URLs, GStreamer pipelines and video files through cv2.VideoCapture."""
+
+    def __init__(self, target: Any, kind: str, api: Optional[str] = None, loop: bool = False,
+                 width: Optional[int] = None, height: Optional[int] = None) -> None:
+        self.target, self.kind, self.api, self.loop = target, kind, api, loop
+        self.width, self.height = width, height
+        self._cap = None
+        self._seq = 0
+
+    def open(self) -> None:
+        cv2 = _cv2()
+        api = {"gstreamer": cv2.CAP_GSTREAMER, "v4l2": cv2.CAP_V4L2}.get(self.api or "", cv2.CAP_ANY)
+        cap = cv2.VideoCapture(self.target, api)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceLost("cannot open %s %s" % (self.kind, self.target))
+        if self.width:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+        if self.height:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+        self._cap = cap
+
+    def read(self) -> Optional[Frame]:
+        if self._cap is None:
+            raise SourceLost("%s not open" % self.kind)
+        ok, img = self._cap.read()
+        if not ok or img is None:
+            if self.kind == "video":
+                if not self.loop:
+                    return None
+                self._cap.set(_cv2().CAP_PROP_POS_FRAMES, 0)
+                ok, img = self._cap.read()
+                if ok and img is not None:
+                    self._seq += 1
+                    return Frame(img, "bgr", time.time(), self._seq)
+            raise SourceLost("%s %s stopped delivering frames" % (self.kind, self.target))
+        self._seq += 1
+        return Frame(img, "bgr", time.time(), self._seq)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+def make_source(cfg: SourceConfig) -> Source:
+    if cfg.type == "folder":
+        return FolderSource(cfg.path or "", loop=cfg.loop)
+    if cfg.type == "video":
+        return OpenCVSource(cfg.path, "video", loop=cfg.loop)
+    if cfg.type == "v4l2":
+        dev = cfg.device
+        if isinstance(dev, str) and dev.isdigit():
+            dev = int(dev)
+        return OpenCVSource(dev, "v4l2", api="v4l2", width=cfg.width, height=cfg.height)
+    if cfg.type == "url":
+        return OpenCVSource(cfg.url, "url")
+    if cfg.type == "gstreamer":
+        return OpenCVSource(cfg.pipeline, "gstreamer", api="gstreamer")
+    if cfg.type == "jetson_csi":
+        return OpenCVSource(jetson_csi_pipeline(cfg.sensor_id, cfg.width or 1280, cfg.height or 720, cfg.fps),
+                            "jetson_csi", api="gstreamer")
+    if cfg.type == "pi_libcamera":
+        return OpenCVSource(pi_libcamera_pipeline(cfg.width or 1280, cfg.height or 720, cfg.fps), "pi_libcamera",
+                            api="gstreamer")
+    raise ConfigError("unknown source type %r" % cfg.type, field="cameras.source.type")
+
+
+class Capture(object):
+    """One camera's capture thread with a latest-frame slot."""
+
+    def __init__(self, name: str, source: Source, fps: float, reconnect_min: float = 0.5,
+                 reconnect_max: float = 30.0) -> None:
+        self.name, self.source = name, source
+        self.period = 1.0 / fps
+        self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
+        self.state = "starting"  # starting | online | reconnecting | ended | stopped
+        self.captured = 0
+        self.dropped = 0  # frames replaced in the slot before the pipeline took them
+        self.reconnects = 0
+        self.last_error: Optional[str] = None
+        self._slot: Optional[Frame] = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="capture-%s" % name, daemon=True)
+
+    def start(self) -> "Capture":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def take(self, timeout: float) -> Optional[Frame]:
+        """The latest frame not yet taken, waiting up to ``timeout`` s; None if none arrived."""
+        with self._cond:
+            if self._slot is None:
+                self._cond.wait(timeout)
+            frame, self._slot = self._slot, None
+            return frame
+
+    @property
+    def ended(self) -> bool:
+        return self.state == "ended"
+
+    def _put(self, frame: Frame) -> None:
+        with self._cond:
+            if self._slot is not None:
+                self.dropped += 1  # stale: never processed
+            self._slot = frame
+            self.captured += 1
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        delay = self.reconnect_min
+        opened = False
+        while not self._stop.is_set():
+            if not opened:
+                try:
+                    self.source.open()
+                    opened, delay = True, self.reconnect_min
+                    if self.state == "reconnecting":
+                        log.info("camera %s is back", self.name)
+                    self.state = "online"
+                except (SourceLost, MissingDependencyError, ConfigError) as exc:
+                    self.last_error = str(exc)
+                    if isinstance(exc, (MissingDependencyError, ConfigError)):
+                        log.error("camera %s cannot start: %s", self.name, exc)
+                        self.state = "ended"
+                        return
+                    self.state = "reconnecting"
+                    log.warning("camera %s: %s; retrying in %.1f s", self.name, exc, delay)
+                    self._stop.wait(delay)
+                    delay = min(self.reconnect_max, delay * 2)
+                    self.reconnects += 1
+                    continue
+            t0 = time.monotonic()
+            try:
+                frame = self.source.read()
+            except SourceLost as exc:
+                self.last_error = str(exc)
+                self.state = "reconnecting"
+                log.warning("camera %s lost: %s", self.name, exc)
+                self.source.close()
+                opened = False
+                continue
+            if frame is None:
+                self.state = "ended"
+                log.info("camera %s: end of input", self.name)
+                break
+            self._put(frame)
+            self._stop.wait(max(0.0, self.period - (time.monotonic() - t0)))
+        self.source.close()
+        if self.state != "ended":
+            self.state = "stopped"
+        with self._cond:
+            self._cond.notify_all()
+
+    def stats(self) -> Dict[str, Any]:
+        return {"state": self.state, "captured": self.captured, "dropped": self.dropped,
+                "reconnects": self.reconnects, "last_error": self.last_error}

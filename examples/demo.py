@@ -1,0 +1,165 @@
+"""The end-to-end demo: convert the example model, start a local mosquitto, run the agent on the example image folder
+for a bounded number of frames (taking the broker away for a few seconds in the middle), and print what a
+subscriber receives. Ends by itself. Run by examples/demo.sh after set-up, or directly:
+
+    .venv/bin/python examples/demo.py [--frames 300] [--keep]
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DIGITS = os.path.join(HERE, "digits")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_broker(work: str, port: int) -> subprocess.Popen:
+    conf = os.path.join(work, "mosquitto.conf")
+    with open(conf, "w") as f:
+        f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % port)
+        if os.geteuid() == 0:
+            f.write("user root\n")
+    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("mosquitto did not start")
+
+
+def edgesight(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgesight"] + list(args), universal_newlines=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (package, outbox, config)")
+    args = ap.parse_args()
+    import paho.mqtt.client as mqtt
+    import yaml
+
+    from edgesight.converters import toolchain
+
+    work = tempfile.mkdtemp(prefix="edgesight-demo-")
+    print("== 1. convert the example model (work folder %s)" % work)
+    targets = "onnx-int8-trt,onnx-int8-cpu" + (",tflite-int8" if toolchain.tool_path("tflite") else "")
+    if "tflite" not in targets:
+        print("   (no tflite toolchain: `edgesight toolchain install tflite` adds the INT8 TFLite target)")
+    pkg = os.path.join(work, "digits-int8")
+    conv = edgesight("convert", os.path.join(DIGITS, "package", "model.fp32.onnx"), "--calib",
+                     os.path.join(DIGITS, "images", "calib"), "--val", os.path.join(DIGITS, "images", "val"),
+                     "--labels", os.path.join(DIGITS, "labels.txt"), "--preprocess",
+                     os.path.join(DIGITS, "preprocess.yaml"), "--out", pkg, "--name", "digits-cnn", "--targets",
+                     targets, "-q")
+    print(conv.stdout.rstrip())
+    if conv.returncode != 0:
+        print(conv.stderr[-3000:])
+        return conv.returncode
+
+    port = free_port()
+    print("\n== 2. local mosquitto on 127.0.0.1:%d and a subscriber to edgesight/#" % port)
+    broker = start_broker(work, port)
+    seen = {"result": [], "sample": [], "state": [], "status": [], "stats": []}
+    lock = threading.Lock()
+
+    def on_message(client, userdata, msg):
+        kind = msg.topic.rsplit("/", 1)[-1]
+        body = json.loads(msg.payload)
+        with lock:
+            seen.setdefault(kind, []).append(body)
+            n = len(seen["result"])
+        if kind == "sample":
+            print("   sample  %s: %s %.4f < %.4f (%s, %d x %d JPEG)" % (body["id"][:8], body["label"], body["score"],
+                                                                       body["threshold"], body["reason"],
+                                                                       body["image"]["width"],
+                                                                       body["image"]["height"]))
+        elif kind == "result" and (n <= 3 or n % 50 == 0):
+            print("   result #%d: %s %.3f %s, inference %.2f ms" % (n, body["label"], body["score"],
+                                                                    "accepted" if body["accepted"] else "UNCERTAIN",
+                                                                    body["latency_ms"]["inference"]))
+        elif kind in ("status", "state"):
+            print("   %-7s %s" % (kind, body.get("state") or body.get("label")))
+
+    sub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="demo-subscriber",
+                      protocol=mqtt.MQTTv5)
+    sub.on_message = on_message
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("edgesight/#", qos=1)
+    sub.reconnect_delay_set(1, 1)
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+
+    cfg = {"device_id": "demo-cam-01", "package": pkg, "runtime": "auto",
+           "cameras": [{"name": "front", "source": {"type": "folder", "path": os.path.join(DIGITS, "images", "val"),
+                                                    "fps": 40, "loop": True}}],
+           "thresholds": {"default": 0.9995, "hysteresis": 2},
+           "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min": 1, "reconnect_max": 2},
+           "outbox": {"path": os.path.join(work, "outbox.db")},
+           "samples": {"max_per_minute": 10, "min_gap": 1.0}, "stats": {"interval": 5}}
+    cfg_path = os.path.join(work, "agent.yaml")
+    with open(cfg_path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    print("\n== 3. edgesight agent --config %s --max-frames %d" % (cfg_path, args.frames))
+    agent = subprocess.Popen([sys.executable, "-m", "edgesight", "agent", "--config", cfg_path, "--max-frames",
+                              str(args.frames), "--drain-timeout", "20"], stderr=subprocess.PIPE,
+                             universal_newlines=True)
+    try:
+        while len(seen["result"]) < args.frames // 3 and agent.poll() is None:
+            time.sleep(0.1)
+        print("   -- broker stopped for 3 s: the agent keeps classifying into its outbox --")
+        broker.send_signal(signal.SIGTERM)
+        broker.wait(10)
+        time.sleep(3)
+        broker = start_broker(work, port)
+        print("   -- broker back: the outbox drains --")
+        _, err = agent.communicate(timeout=120)
+        if agent.returncode != 0:
+            print(err[-3000:])
+            return agent.returncode
+        time.sleep(1.5)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        sub.loop_stop()
+        broker.terminate()
+        broker.wait(10)
+    with lock:
+        results = seen["result"]
+        ids = {r["id"] for r in results}
+        print("\n== 4. summary")
+        print("   results received: %d (%d unique, %d duplicates), %d accepted, %d uncertain"
+              % (len(results), len(ids), len(results) - len(ids), sum(r["accepted"] for r in results),
+                 sum(not r["accepted"] for r in results)))
+        print("   samples received: %d; state changes: %d; stats messages: %d; last status: %s"
+              % (len(seen["sample"]), len(seen["state"]), len(seen["stats"]),
+                 seen["status"][-1]["state"] if seen["status"] else "-"))
+        print("   model: %s" % json.dumps(results[0]["model"]) if results else "   no results")
+    ok = len(ids) == args.frames
+    print("   every processed frame's result arrived: %s" % ("yes" if ok else "NO"))
+    if args.keep:
+        print("   kept %s" % work)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The agent against a real mosquitto started on a free loopback port (stopped, killed and restarted for outages)."""
+import base64
+import io
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import EXAMPLE, require_or_skip, run_cli
+from mqtt_util import Broker, Collector, agent_config, free_port, mosquitto_binary, start_agent
+
+VAL = os.path.join(EXAMPLE, "images", "val")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    require_or_skip(mosquitto_binary() is not None, "mosquitto (apt-get install mosquitto)")
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+def finish(proc, timeout=60):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def outbox_rows(path, kind=None):
+    db = sqlite3.connect(path)
+    try:
+        q = "SELECT payload FROM outbox" + (" WHERE kind = ?" if kind else "")
+        return [bytes(r[0]) for r in db.execute(q, (kind,) if kind else ())]
+    finally:
+        db.close()
+
+
+def counters(path):
+    db = sqlite3.connect(path)
+    try:
+        return dict(db.execute("SELECT name, value FROM counters"))
+    finally:
+        db.close()
+
+
+def test_results_samples_state_stats_status_arrive_with_the_documented_payloads(broker, tmp_path):
+    sub = Collector(broker.port)
+    cfg = agent_config(tmp_path, broker.port, thresholds={"default": 0.9999})
+    code, out, err = finish(start_agent(cfg))
+    assert code == 0, err[-3000:]
+    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")))
+    results = [p for _, p, _ in sub.of("result")]
+    stats = [p for _, p, _ in sub.of("stats")]
+    processed, dropped = stats[-1]["frames"], stats[-1]["dropped_frames"]
+    assert processed + dropped == 300  # a frame replaced in the latest-frame slot is dropped and counted
+    assert len(results) == processed and len({r["id"] for r in results}) == processed and processed > 250
+    r = results[0]
+    assert set(r) == {"v", "id", "device", "camera", "ts", "frame", "model", "label", "score", "accepted",
+                      "threshold", "top_k", "latency_ms"}
+    assert r["v"] == 1 and r["device"] == "dev1" and r["camera"] == "front" and r["threshold"] == 0.9999
+    assert r["model"]["name"] == "digits-cnn" and len(r["model"]["sha256"]) == 12
+    assert len(r["top_k"]) == 3 and r["accepted"] == (r["score"] >= 0.9999)
+    uncertain = [x for x in results if not x["accepted"]]
+    assert uncertain, "threshold 0.9999 should leave some frames uncertain"
+    samples = [p for _, p, _ in sub.of("sample")]
+    assert len(samples) == len(uncertain)  # quota 1000/min: every uncertain frame is sampled
+    s = samples[0]
+    assert s["reason"] == "low_confidence" and s["score"] < s["threshold"] and s["result_id"] in {x["id"] for x in
+                                                                                                  uncertain}
+    img = Image.open(io.BytesIO(base64.b64decode(s["image"]["data"])))
+    assert img.format == "JPEG" and img.size == (s["image"]["width"], s["image"]["height"]) == (48, 48)
+    assert all(len(p) <= 128 * 1024 for t, p, _ in sub.messages if t.endswith("/sample"))
+    states = sub.of("state")
+    assert states and all(retained is False for _, _, retained in states)  # live delivery of retained publishes
+    assert stats[-1]["outbox"]["counters"]["sent_result"] >= processed - 1  # the last ack may follow the stats
+    assert {"fps", "inference_ms", "capture_to_publish_ms", "dropped_frames", "rss_bytes", "uptime_s",
+            "samples"} <= set(stats[-1])
+    sub.close()
+    late = Collector(broker.port, client_id="late")  # retained: status and the latest state
+    assert late.wait_for(lambda s: s.of("status") and s.of("state"), 5)
+    assert late.of("status")[0][1]["state"] == "stopped" and late.of("status")[0][2] is True
+    late.close()
+
+
+def test_last_will_offline_when_the_agent_is_killed(broker, tmp_path):
+    sub = Collector(broker.port)
+    cfg = agent_config(tmp_path, broker.port, cameras=[
+        {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 20, "loop": True}}])
+    proc = start_agent(cfg)
+    try:
+        assert sub.wait_for(lambda s: any(p["state"] == "online" for _, p, _ in s.of("status")), 30)
+        assert sub.wait_for(lambda s: len(s.of("result")) > 5, 20)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert sub.wait_for(lambda s: any(p["state"] == "offline" for _, p, _ in s.of("status")), 10)
+    finally:
+        proc.kill()
+        sub.close()
+
+
+def test_sigterm_drains_and_exits_within_bounds(broker, tmp_path):
+    sub = Collector(broker.port)
+    cfg = agent_config(tmp_path, broker.port, cameras=[
+        {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 50, "loop": True}}])
+    proc = start_agent(cfg)
+    assert sub.wait_for(lambda s: len(s.of("result")) > 20, 30)
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc, 30)
+    assert code == 0, err[-2000:]
+    assert time.time() - t0 < 10
+    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")), 5)
+    assert outbox_rows(str(tmp_path / "outbox.db"), "result") == []  # drained
+    sub.close()
+
+
+def test_broker_killed_and_restarted_three_times_loses_no_result(broker, tmp_path):
+    sub = Collector(broker.port, persistent=True, client_id="persistent-collector")
+    assert sub.wait_for(lambda s: s.client.is_connected(), 5)
+    time.sleep(1.5)  # let mosquitto autosave the session before the first kill
+    cfg = agent_config(tmp_path, broker.port, cameras=[
+        {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 60, "loop": True}}])
+    proc = start_agent(cfg, "--max-frames", "600", "--drain-timeout", "30")
+    try:
+        for _ in range(3):
+            assert sub.wait_for(lambda s: len(s.of("result")) > 0, 30)
+            time.sleep(1.5)
+            broker.kill()
+            time.sleep(1.0)
+            broker.start()
+        code, out, err = finish(proc, 120)
+        assert code == 0, err[-3000:]
+    finally:
+        proc.kill()
+    ids = lambda s: {p["id"] for _, p, _ in s.of("result")}  # noqa: E731
+    sub.wait_for(lambda s: len(ids(s)) >= 600, 30)
+    got = [p["id"] for _, p, _ in sub.of("result")]
+    assert len(set(got)) == 600, "missing %d of 600 results" % (600 - len(set(got)))
+    print("duplicates delivered: %d" % (len(got) - len(set(got))))
+    assert outbox_rows(str(tmp_path / "outbox.db")) == []
+    sub.close()
+
+
+def test_agent_killed_mid_stream_loses_nothing_committed(tmp_path):
+    require_or_skip(mosquitto_binary() is not None, "mosquitto")
+    port = free_port()  # no broker yet: everything the agent accepts stays in the outbox
+    cfg = agent_config(tmp_path, port, cameras=[
+        {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 100, "loop": True}}])
+    db = str(tmp_path / "outbox.db")
+    proc = start_agent(cfg)
+    end = time.time() + 30
+    while time.time() < end and (not os.path.exists(db) or len(outbox_rows(db, "result")) < 50):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    import json
+
+    committed = {json.loads(p)["id"] for p in outbox_rows(db, "result")}
+    assert len(committed) >= 50
+    broker = Broker(tmp_path / "broker", port=port).start()
+    try:
+        sub = Collector(port)
+        code, _, err = finish(start_agent(cfg, "--max-frames", "5"), 60)
+        assert code == 0, err[-2000:]
+        sub.wait_for(lambda s: committed <= {p["id"] for _, p, _ in s.of("result")}, 20)
+        missing = committed - {p["id"] for _, p, _ in sub.of("result")}
+        assert not missing, "%d committed results never arrived" % len(missing)
+        sub.close()
+    finally:
+        broker.stop()
+
+
+def test_outbox_bound_during_outage_keeps_results_evicts_samples(tmp_path):
+    port = free_port()  # the broker is away for the whole run
+    cfg = agent_config(tmp_path, port, thresholds={"default": 1.0}, outbox={
+        "path": str(tmp_path / "outbox.db"), "max_bytes": 400000})
+    code, _, err = finish(start_agent(cfg, "--drain-timeout", "1"), 120)
+    assert code == 0, err[-2000:]  # kept running to the end of its input
+    c = counters(str(tmp_path / "outbox.db"))
+    assert c.get("evicted_sample", 0) + c.get("dropped_sample", 0) > 0
+    assert "evicted_result" not in c and "dropped_result" not in c
+    assert len(outbox_rows(str(tmp_path / "outbox.db"), "result")) > 250  # every processed frame's result
+
+
+def test_folder_camera_emptied_and_refilled_reports_and_recovers(broker, tmp_path):
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    src = os.path.join(VAL, "seven")
+    names = sorted(os.listdir(src))[:5]
+    for n in names:
+        shutil.copy(os.path.join(src, n), str(folder / n))
+    sub = Collector(broker.port)
+    cfg = agent_config(tmp_path, broker.port, cameras=[
+        {"name": "front", "source": {"type": "folder", "path": str(folder), "fps": 20, "loop": True,
+                                     "reconnect_min": 0.2, "reconnect_max": 0.5}}])
+    proc = start_agent(cfg)
+    state = lambda s: [p["cameras"]["front"]["state"] for _, p, _ in s.of("stats")]  # noqa: E731
+    try:
+        assert sub.wait_for(lambda s: "online" in state(s), 30)
+        for n in names:
+            os.unlink(str(folder / n))
+        assert sub.wait_for(lambda s: "reconnecting" in state(s), 15)
+        before = len(sub.of("result"))
+        for n in names:
+            shutil.copy(os.path.join(src, n), str(folder / n))
+        assert sub.wait_for(lambda s: state(s)[-1] == "online" and len(s.of("result")) > before + 5, 20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        finish(proc, 30)
+        sub.close()
+
+
+def test_sd_notify_ready_watchdog_stopping(broker, tmp_path):
+    path = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(30)
+    cfg = agent_config(tmp_path, broker.port)
+    proc = start_agent(cfg, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+    got = []
+    try:
+        while True:
+            msg = srv.recv(4096).decode()
+            got.append(msg)
+            if "STOPPING=1" in msg:
+                break
+    finally:
+        code, _, err = finish(proc, 60)
+        srv.close()
+    assert code == 0, err[-2000:]
+    ready = [i for i, m in enumerate(got) if m.startswith("READY=1")]
+    watchdog = [i for i, m in enumerate(got) if m == "WATCHDOG=1"]
+    assert got[0] == "STATUS=loading model" and len(ready) == 1
+    assert watchdog and min(watchdog) > ready[0]  # only after the model is loaded and frames are processed
+    assert got[-1] == "STOPPING=1"
+
+
+# -- bad config corpus through the real command ---------------------------------------------------------------
+@pytest.mark.parametrize("change,code,needle", [
+    ({"mqtt": {"host": "127.0.0.1", "prot": 1}}, 2, "unknown key"),
+    ({"mqtt": {"host": "127.0.0.1", "port": "many"}}, 2, "mqtt.port"),
+    ({"package": "/no/such/package"}, 3, "no such package"),
+    ({"cameras": [{"name": "front", "source": {"type": "url", "url": "camera-7"}}]}, 2, "rtsp://"),
+    ({"mqtt": {"host": "127.0.0.1", "tls": {"ca_file": "/no/such/ca.pem"}}}, 2, "mqtt.tls.ca_file"),
+])
+def test_bad_config_corpus(tmp_path, change, code, needle):
+    cfg = agent_config(tmp_path, 1, **change)
+    for extra in ([], ["--check-config"]):
+        proc = run_cli("agent", "--config", cfg, *extra)
+        if extra and code == 3:
+            continue  # --check-config validates the file, not the package
+        assert proc.returncode == code, (proc.returncode, proc.stderr)
+        assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

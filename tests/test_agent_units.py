@@ -1,0 +1,195 @@
+"""Agent pieces without a broker: decisions, outbox, config errors, artifact choice, JPEG sizing, sd_notify."""
+import os
+import socket
+import sqlite3
+
+import numpy as np
+import pytest
+
+from edgesight.agent import decisions
+from edgesight.agent.config import load_config
+from edgesight.agent.outbox import Outbox
+from edgesight.agent.samples import jpeg_within
+from edgesight.agent.sdnotify import Notifier
+from edgesight.agent.service import choose_artifact
+from edgesight.errors import ConfigError, PackageError
+from edgesight.runtimes import load_package
+
+from conftest import EXAMPLE_PACKAGE
+
+
+# -- decisions -------------------------------------------------------------------------------------------------
+def test_thresholds_and_acceptance():
+    assert decisions.threshold_for("cat", 0.8, {"cat": 0.6}) == 0.6
+    assert decisions.threshold_for("dog", 0.8, {"cat": 0.6}) == 0.8
+    assert decisions.is_accepted(0.8, 0.8) and not decisions.is_accepted(0.79, 0.8)
+
+
+def test_state_hysteresis():
+    t = decisions.StateTracker(hysteresis=3)
+    assert [t.update("cat", True) for _ in range(3)] == [None, None, "cat"]
+    assert t.update("dog", True) is None and t.update("dog", False) is None  # uncertain: no count, no reset
+    assert t.update("dog", True) is None and t.update("dog", True) == "dog"
+    assert t.update("dog", True) is None  # no change, no message
+    one = decisions.StateTracker()
+    assert one.update("a", True) == "a" and one.update("b", True) == "b"
+
+
+def test_publish_gate():
+    every = decisions.PublishGate("every_frame", min_interval=1.0)
+    assert every.should_publish("a", True, 0.0) and not every.should_publish("a", True, 0.5)
+    assert every.should_publish("b", True, 0.6)  # a change is never held back
+    assert every.should_publish("b", True, 1.7)
+    change = decisions.PublishGate("on_change")
+    assert change.should_publish("a", True, 0) and not change.should_publish("a", True, 10)
+    assert change.should_publish("a", False, 11)
+
+
+def test_rate_limiter_per_minute_and_gap():
+    r = decisions.RateLimiter(per_minute=3, min_gap=2.0)
+    assert r.allow(0.0) and not r.allow(1.0) and r.allow(2.0) and r.allow(4.0)
+    assert not r.allow(10.0)  # 3 in the last minute
+    assert r.allow(60.5)  # the first one left the window
+    assert not decisions.RateLimiter(per_minute=0).allow(0.0)
+
+
+def test_percentile():
+    assert decisions.percentile([], 50) is None
+    assert decisions.percentile([3, 1, 2], 50) == 2 and decisions.percentile(range(101), 95) == 95
+
+
+# -- outbox ----------------------------------------------------------------------------------------------------
+def test_outbox_ack_and_survives_reopen(tmp_path):
+    path = str(tmp_path / "o.db")
+    ob = Outbox(path)
+    a = ob.put("result", "t/r", b"x" * 10)
+    b = ob.put("sample", "t/s", b"y" * 10)
+    assert [r.id for r in ob.pending(10)] == [a, b]  # results before samples
+    assert ob.ack(a) and not ob.ack(a)
+    ob.close()
+    ob = Outbox(path)  # what was committed is still there
+    assert [r.id for r in ob.pending(10)] == [b] and ob.bytes == 13
+    assert ob.counters()["sent_result"] == 1
+    ob.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_outbox_evicts_stats_then_samples_never_results_for_lower(tmp_path):
+    ob = Outbox(str(tmp_path / "o.db"), max_bytes=1 << 16)
+    size = 10000
+    ids = {"stats": ob.put("stats", "s", b"s" * size), "sample": ob.put("sample", "p", b"p" * size)}
+    results = [ob.put("result", "r", b"r" * size) for _ in range(4)]  # 6 x 10 KB = 60 KB of 64 KB
+    assert ob.put("result", "r", b"r" * size) is not None  # needs room: the stats row goes first
+    c = ob.counters()
+    assert c == {"evicted_stats": 1}
+    assert ob.put("result", "r", b"r" * size) is not None  # then the sample
+    assert ob.counters()["evicted_sample"] == 1
+    assert ob.put("sample", "p", b"p" * size) is None  # a sample cannot push out results
+    assert ob.counters()["dropped_sample"] == 1
+    assert ob.put("result", "r", b"r" * size) is not None  # full of results: the oldest result goes, counted
+    assert ob.counters()["evicted_result"] == 1
+    left = {r.id for r in ob.pending(100)}
+    assert ids["stats"] not in left and ids["sample"] not in left and results[0] not in left
+    assert ob.bytes <= 1 << 16
+
+
+def test_outbox_dead_letters_after_max_attempts(tmp_path):
+    ob = Outbox(str(tmp_path / "o.db"), max_attempts=2)
+    i = ob.put("result", "denied/topic", b"{}")
+    assert ob.refused(i, "Not authorized") is False
+    assert ob.refused(i, "Not authorized") is True
+    assert ob.depth() == 0 and ob.bytes == 0
+    assert ob.dead_letters() == [{"id": i, "kind": "result", "topic": "denied/topic", "attempts": 2,
+                                  "reason": "Not authorized"}]
+    assert ob.counters()["dead_result"] == 1
+
+
+# -- config ----------------------------------------------------------------------------------------------------
+def write(tmp_path, text):
+    p = tmp_path / "agent.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+GOOD = """package: %s
+cameras:
+  - name: front
+    source: {type: folder, path: /tmp}
+""" % EXAMPLE_PACKAGE
+
+
+def test_config_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.mqtt.protocol == "5" and cfg.mqtt.port == 1883 and cfg.runtime == "auto"
+    assert cfg.cameras[0].source.fps == 10.0 and cfg.outbox.max_attempts == 5
+
+
+@pytest.mark.parametrize("text,field,line,needle", [
+    (GOOD + "mqtt:\n  hots: x\n", "mqtt.hots", 6, "unknown key"),
+    (GOOD + "mqtt:\n  port: many\n", "mqtt.port", 6, "integer"),
+    (GOOD.replace("type: folder, path: /tmp", "type: url, url: camera.local"), "cameras[0].source", 4, "rtsp://"),
+    (GOOD + "mqtt:\n  protocol: 4\n", "mqtt.protocol", 6, "5 or 3.1.1"),
+    ("cameras: []\n", "package", None, "missing"),
+    (GOOD + "mqtt:\n  tls: {ca_file: /no/such/ca.pem}\n", "mqtt.tls.ca_file", None, "no such file"),
+])
+def test_config_errors_name_field_and_line(tmp_path, text, field, line, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    msg = str(err.value)
+    assert err.value.field == field and needle in msg, msg
+    if line:
+        assert "(line %d)" % line in msg, msg
+
+
+def test_config_yaml_syntax_error(tmp_path):
+    with pytest.raises(ConfigError, match="YAML syntax error at line"):
+        load_config(write(tmp_path, "package: [x\n"))
+
+
+# -- artifact choice -------------------------------------------------------------------------------------------
+def test_choose_artifact_by_platform():
+    pkg = load_package(EXAMPLE_PACKAGE)
+    assert choose_artifact(pkg, "auto", machine="x86_64")[1].runtime == "onnxruntime"
+    assert choose_artifact(pkg, "auto", machine="aarch64")[1].runtime == "tflite"
+    assert choose_artifact(pkg, "tflite", machine="x86_64")[1].file == "model.fp32.tflite"
+    with pytest.raises(PackageError, match="no usable artifact"):
+        choose_artifact(pkg, "tensorrt")
+
+
+# -- samples ---------------------------------------------------------------------------------------------------
+def test_jpeg_fits_the_budget():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (1080, 1920, 3), dtype=np.uint8)  # incompressible: forces shrinking
+    jpeg, w, h = jpeg_within(noise, "bgr", 90 * 1024)
+    assert len(jpeg) <= 90 * 1024 and jpeg[:2] == b"\xff\xd8" and max(w, h) <= 1280
+    small, w2, h2 = jpeg_within(np.zeros((48, 48, 3), np.uint8), "rgb", 90 * 1024)
+    assert (w2, h2) == (48, 48)
+
+
+# -- sd_notify on a real datagram socket -------------------------------------------------------------------------
+def test_notifier_sends_datagrams(tmp_path):
+    path = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(2)
+    n = Notifier(socket_path=path, watchdog_usec=2000000)
+    assert n.ready("loaded")
+    assert srv.recv(1024) == b"READY=1\nSTATUS=loaded"
+    assert n.watchdog(now=100.0) and not n.watchdog(now=100.5)  # at most every WATCHDOG_USEC / 2
+    assert srv.recv(1024) == b"WATCHDOG=1"
+    assert n.watchdog(now=101.1)
+    assert srv.recv(1024) == b"WATCHDOG=1"
+    n.extend_timeout(90)
+    assert srv.recv(1024) == b"EXTEND_TIMEOUT_USEC=90000000"
+    n.stopping()
+    assert srv.recv(1024) == b"STOPPING=1"
+    n.close()
+    srv.close()
+
+
+def test_notifier_is_a_no_op_outside_systemd(monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    n = Notifier()
+    assert not n.enabled and not n.ready() and not n.watchdog()
