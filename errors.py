@@ -4,7 +4,7 @@ Every error a user can cause (bad config, bad model file, bad package, bad image
 :class:`EdgesightError`. Its message says what is wrong, names the file and/or field, and says what to do. The CLI
 prints such errors as one paragraph without a traceback and exits with :attr:`EdgesightError.exit_code`.
 """
-from typing import Optional
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 
 class EdgesightError(Exception):
@@ -86,3 +86,39 @@ class ConversionError(EdgesightError):
     """A conversion step failed (a tool refused the model, a produced file broke a rule, a toolchain is missing)."""
 
     exit_code = 7
+
+
+# -- formatting helpers shared by every YAML reader (package manifest, agent config, preprocessing spec) ----------
+def field_path(loc: Sequence[Any]) -> str:
+    """pydantic's error location as the YAML field a user sees: ``artifacts[1].sha256`` (aliases like ``schema_``
+    lose their trailing underscore)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += "[%d]" % part
+        else:
+            out += ("." if out else "") + str(part).rstrip("_")
+    return out
+
+
+def yaml_problem(exc: Exception) -> str:
+    """``YAML syntax error at line L, column C: <problem>`` for a yaml.YAMLError."""
+    mark = getattr(exc, "problem_mark", None)
+    where = " at line %d, column %d" % (mark.line + 1, mark.column + 1) if mark is not None else ""
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0]
+    return "YAML syntax error%s: %s" % (where, problem)
+
+
+def validation_problems(errors: Sequence[Dict[str, Any]], line_of: Optional[Callable[[Tuple[Any, ...]],
+                                                                                     Optional[int]]] = None,
+                        limit: int = 5) -> Tuple[str, Optional[str]]:
+    """pydantic ``exc.errors()`` as one line ("field (line N): what; ...") and the first field's path."""
+    msgs = []
+    for e in errors[:limit]:
+        loc = tuple(e["loc"])
+        what = {"missing": "missing (required)",
+                "extra_forbidden": "unknown field (not allowed; check the spelling)"}.get(e["type"], e["msg"])
+        line = line_of(loc) if line_of else None
+        msgs.append("%s%s: %s" % (field_path(loc) or "(top level)", " (line %d)" % line if line else "", what))
+    more = " (and %d more)" % (len(errors) - limit) if len(errors) > limit else ""
+    return "; ".join(msgs) + more, (field_path(errors[0]["loc"]) or None) if errors else None

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, validation_problems, yaml_problem
 
 
 class _Strict(BaseModel):
@@ -173,13 +173,6 @@ class AgentConfig(_Strict):
         return v
 
 
-def _loc_to_str(loc: Tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += "[%d]" % part if isinstance(part, int) else ("." if out else "") + str(part)
-    return out
-
-
 def _line_of(root: Optional[yaml.Node], loc: Tuple[Any, ...]) -> Optional[int]:
     """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
     node, line = root, (root.start_mark.line + 1 if root is not None else None)
@@ -209,23 +202,14 @@ def load_config(path: str) -> AgentConfig:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = " at line %d, column %d" % (mark.line + 1, mark.column + 1) if mark is not None else ""
-        raise ConfigError("YAML syntax error%s: %s" % (where, getattr(exc, "problem", None) or exc), file=path)
+        raise ConfigError(yaml_problem(exc), file=path)
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping of settings (package, cameras, mqtt, ...)", file=path)
     try:
         cfg = AgentConfig(**data)
     except ValidationError as exc:
-        msgs = []
-        for e in exc.errors()[:5]:
-            loc = tuple(p for p in e["loc"] if p not in ("function-after",))
-            what = {"missing": "missing (required)", "extra_forbidden": "unknown key (not allowed; check the "
-                    "spelling against docs/agent-config.md)"}.get(e["type"], e["msg"])
-            line = _line_of(root, loc)
-            msgs.append("%s%s: %s" % (_loc_to_str(loc) or "(top level)", " (line %d)" % line if line else "", what))
-        first = exc.errors()[0]
-        raise ConfigError("invalid config: %s" % "; ".join(msgs), file=path, field=_loc_to_str(first["loc"]) or None)
+        problems, field = validation_problems(exc.errors(), lambda loc: _line_of(root, loc))
+        raise ConfigError("invalid config: %s. Every key: docs/agent-config.md" % problems, file=path, field=field)
     try:
         check_files(cfg)
     except ConfigError as exc:

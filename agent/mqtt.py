@@ -182,19 +182,25 @@ class Publisher(object):
             self.published += 1
 
     def _drain_acks(self) -> None:
-        try:
-            mid, failed, reason = self.link.acks.get_nowait()
-        except queue.Empty:
-            return
+        """Every queued ack: refusals one by one, successes deleted in one transaction."""
+        acked = []  # (row id, captured, kind)
         while True:
-            entry = self._inflight.pop(mid, None)
-            if entry is not None:
-                row_id, _, captured, kind = entry
-                if failed:
-                    self.outbox.refused(row_id, reason)
-                elif self.outbox.ack(row_id) and captured is not None and kind == "result":
-                    self.capture_to_publish_ms.append(1000.0 * (time.time() - captured))
             try:
                 mid, failed, reason = self.link.acks.get_nowait()
             except queue.Empty:
-                return
+                break
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
+                continue
+            row_id, _, captured, kind = entry
+            if failed:
+                self.outbox.refused(row_id, reason)
+            else:
+                acked.append((row_id, captured, kind))
+        if not acked:
+            return
+        deleted = set(self.outbox.ack_many([a[0] for a in acked]))
+        now = time.time()
+        for row_id, captured, kind in acked:
+            if row_id in deleted and captured is not None and kind == "result":
+                self.capture_to_publish_ms.append(1000.0 * (now - captured))

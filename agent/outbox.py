@@ -123,17 +123,34 @@ class Outbox(object):
 
     def ack(self, row_id: int) -> bool:
         """The broker acknowledged: delete. False when the row was already gone (a duplicate ack)."""
+        return bool(self.ack_many([row_id]))
+
+    def ack_many(self, row_ids: List[int]) -> List[int]:
+        """Delete acknowledged rows in one transaction; returns the ids that were still there.
+
+        Deletes commit with ``synchronous=NORMAL``: a delete lost to a power cut only means the message is sent
+        once more (delivery is at-least-once), while every insert keeps ``synchronous=FULL``."""
+        done: List[int] = []
         with self._lock:
-            row = self._db.execute("SELECT size, kind FROM outbox WHERE id = ?", (row_id,)).fetchone()
-            if row is None:
-                return False
+            self._db.execute("PRAGMA synchronous=NORMAL")
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
-            cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-            self._count(cur, "sent_" + row[1])
-            cur.execute("COMMIT")
-            self._bytes -= row[0]
-            return True
+            try:
+                for row_id in row_ids:
+                    row = cur.execute("SELECT size, kind FROM outbox WHERE id = ?", (row_id,)).fetchone()
+                    if row is None:
+                        continue
+                    cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+                    self._count(cur, "sent_" + row[1])
+                    self._bytes -= row[0]
+                    done.append(row_id)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
+        return done
 
     def refused(self, row_id: int, reason: str) -> bool:
         """The broker refused the message (e.g. not authorized). After ``max_attempts`` it moves to dead_letter.

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from ..calibration.preprocess import PreprocessSpec
-from ..errors import ConfigError, PackageError
+from ..errors import ConfigError, PackageError, validation_problems, yaml_problem
 from ..runtimes.package import MANIFEST, SCHEMA, Manifest, ModelPackage, sha256_file
 from ..runtimes.tflite_backend import check_flatbuffer
 from .onnx_model import read_interface
@@ -43,14 +43,14 @@ def read_preprocess(path: str) -> PreprocessSpec:
     except OSError as exc:
         raise ConfigError("cannot read preprocessing spec (%s)" % exc.strerror, file=path)
     except yaml.YAMLError as exc:
-        raise ConfigError("YAML syntax error: %s" % str(exc).replace("\n", " "), file=path)
+        raise ConfigError(yaml_problem(exc), file=path)
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping with size, resize, color, scale, mean, std, layout", file=path)
     try:
         return PreprocessSpec(**data)
     except ValidationError as exc:
-        e = exc.errors()[0]
-        raise ConfigError(e["msg"], file=path, field=".".join(str(p) for p in e["loc"]) or None)
+        problems, field = validation_problems(exc.errors())
+        raise ConfigError("invalid preprocessing spec: %s" % problems, file=path, field=field)
 
 
 def _check_onnx_matches(onnx_path: str, labels: Sequence[str], spec: PreprocessSpec) -> None:

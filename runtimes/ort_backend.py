@@ -25,6 +25,8 @@ class OnnxRuntimeConfig(BaseModel):
 
     threads: Optional[int] = Field(None, ge=1, description="intra-op threads; default: ONNX Runtime's choice")
     providers: Optional[List[str]] = Field(None, description="execution providers in order; default: auto")
+    spinning: bool = Field(True, description="worker threads spin-wait between runs (fastest alone; turn off "
+                                            "when other threads, e.g. the agent's, need the cores)")
 
 
 def import_onnxruntime():
@@ -63,6 +65,8 @@ class OnnxRuntimeRunner(Runtime):
         if self.config.threads:
             opts.intra_op_num_threads = self.config.threads
             opts.inter_op_num_threads = 1
+        if not self.config.spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = self._providers(ort)
         try:
             self._session = ort.InferenceSession(self.model_path, sess_options=opts, providers=providers)

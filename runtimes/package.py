@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..calibration.preprocess import PreprocessSpec
-from ..errors import MissingDependencyError, PackageError
+from ..errors import MissingDependencyError, PackageError, validation_problems, yaml_problem
 from .base import Runtime
 from .registry import RUNTIME_NAMES, create_runtime, installed_runtimes, is_installed
 
@@ -148,16 +148,6 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _field_path(loc: Tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += "[%d]" % part
-        else:
-            out += ("." if out else "") + ("schema" if part == "schema_" else str(part))
-    return out
-
-
 class ModelPackage(object):
     """A validated package on disk. Use :meth:`load`."""
 
@@ -207,11 +197,7 @@ class ModelPackage(object):
             with open(manifest_path, "rb") as f:
                 data = yaml.safe_load(f)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = " at line %d, column %d" % (mark.line + 1, mark.column + 1) if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise PackageError("YAML syntax error%s: %s. Fix the file or re-create the package."
-                               % (where, problem), file=manifest_path)
+            raise PackageError("%s. Fix the file or re-create the package." % yaml_problem(exc), file=manifest_path)
         if not isinstance(data, dict):
             raise PackageError("expected a YAML mapping of fields (schema, name, labels, ...), got %s"
                                % type(data).__name__, file=manifest_path)
@@ -225,16 +211,9 @@ class ModelPackage(object):
         try:
             return Manifest(**data)
         except ValidationError as exc:
-            errs = exc.errors()
-            first = errs[0]
-            msgs = []
-            for e in errs[:5]:
-                what = "missing (required)" if e["type"] == "missing" else (
-                    "unknown field (not allowed)" if e["type"] == "extra_forbidden" else e["msg"])
-                msgs.append("%s: %s" % (_field_path(e["loc"]) or "(top level)", what))
-            more = " (and %d more)" % (len(errs) - 5) if len(errs) > 5 else ""
-            raise PackageError("invalid package manifest: %s%s. See docs/package.md for the schema."
-                               % ("; ".join(msgs), more), file=manifest_path, field=_field_path(first["loc"]) or None)
+            problems, field = validation_problems(exc.errors())
+            raise PackageError("invalid package manifest: %s. See docs/package.md for the schema." % problems,
+                               file=manifest_path, field=field)
 
     def _check_files(self, verify_hashes: bool) -> None:
         refs = [("source", self.manifest.source)] + [

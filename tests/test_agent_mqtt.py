@@ -245,7 +245,7 @@ def test_sd_notify_ready_watchdog_stopping(broker, tmp_path):
 
 # -- bad config corpus through the real command ---------------------------------------------------------------
 @pytest.mark.parametrize("change,code,needle", [
-    ({"mqtt": {"host": "127.0.0.1", "prot": 1}}, 2, "unknown key"),
+    ({"mqtt": {"host": "127.0.0.1", "prot": 1}}, 2, "unknown field"),
     ({"mqtt": {"host": "127.0.0.1", "port": "many"}}, 2, "mqtt.port"),
     ({"package": "/no/such/package"}, 3, "no such package"),
     ({"cameras": [{"name": "front", "source": {"type": "url", "url": "camera-7"}}]}, 2, "rtsp://"),

@@ -127,7 +127,7 @@ def test_config_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("text,field,line,needle", [
-    (GOOD + "mqtt:\n  hots: x\n", "mqtt.hots", 6, "unknown key"),
+    (GOOD + "mqtt:\n  hots: x\n", "mqtt.hots", 6, "unknown field"),
     (GOOD + "mqtt:\n  port: many\n", "mqtt.port", 6, "integer"),
     (GOOD.replace("type: folder, path: /tmp", "type: url, url: camera.local"), "cameras[0].source", 4, "rtsp://"),
     (GOOD + "mqtt:\n  protocol: 4\n", "mqtt.protocol", 6, "5 or 3.1.1"),
