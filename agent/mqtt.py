@@ -134,6 +134,7 @@ class Publisher(object):
         self._generation = -1
         self.capture_to_publish_ms: Deque[float] = deque(maxlen=2000)
         self.published = 0
+        self.failed: Optional[BaseException] = None  # an unexpected error ended the thread: the agent must exit
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
 
@@ -154,10 +155,14 @@ class Publisher(object):
         self.link.kick.set()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.link.kick.wait(0.05)
-            self.link.kick.clear()
-            self.step()
+        try:
+            while not self._stop.is_set():
+                self.link.kick.wait(0.05)
+                self.link.kick.clear()
+                self.step()
+        except Exception as exc:  # e.g. the outbox's disk failed: fail loudly, the main loop stops the agent
+            log.exception("MQTT publisher failed")
+            self.failed = exc
 
     def step(self) -> None:
         self._drain_acks()

@@ -16,7 +16,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..calibration.preprocess import preprocess
-from ..errors import PackageError
+from ..errors import InferenceError, PackageError
 from ..runtimes.base import Runtime
 from ..runtimes.package import Artifact, ModelPackage
 from ..runtimes.postprocess import to_probabilities, top_k
@@ -117,6 +117,7 @@ class Agent(object):
         deadline = None if duration is None else time.monotonic() + duration
         try:
             while not stop.is_set():
+                self._check_threads(caps, publisher)
                 progressed = False
                 for cap, cam in zip(caps, cfg.cameras):
                     frame = cap.take(timeout=0.05 if len(caps) == 1 else 0.01)
@@ -148,6 +149,14 @@ class Agent(object):
             outbox.close()
             self.rt.close()
         return 0
+
+    @staticmethod
+    def _check_threads(caps: List[Capture], publisher: Publisher) -> None:
+        """A worker thread that died of an unexpected error stops the agent (exit 1, systemd restarts it)."""
+        for worker, name in [(c, "camera %s" % c.name) for c in caps] + [(publisher, "MQTT publisher")]:
+            if worker.failed is not None:
+                raise InferenceError("%s thread failed: %s: %s" % (name, type(worker.failed).__name__,
+                                                                   worker.failed))
 
     def _drain(self, outbox: Outbox, link: MqttLink) -> None:
         end = time.monotonic() + self.drain_timeout

@@ -187,6 +187,7 @@ class Capture(object):
         self.dropped = 0  # frames replaced in the slot before the pipeline took them
         self.reconnects = 0
         self.last_error: Optional[str] = None
+        self.failed: Optional[BaseException] = None  # an unexpected error ended the thread: the agent must exit
         self._slot: Optional[Frame] = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -223,6 +224,15 @@ class Capture(object):
             self._cond.notify_all()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # not a known transient error: fail loudly, the main loop stops the agent
+            log.exception("camera %s capture thread failed", self.name)
+            self.failed, self.state, self.last_error = exc, "failed", "%s: %s" % (type(exc).__name__, exc)
+            with self._cond:
+                self._cond.notify_all()
+
+    def _loop(self) -> None:
         delay = self.reconnect_min
         opened = False
         while not self._stop.is_set():

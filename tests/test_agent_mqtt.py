@@ -259,3 +259,22 @@ def test_bad_config_corpus(tmp_path, change, code, needle):
             continue  # --check-config validates the file, not the package
         assert proc.returncode == code, (proc.returncode, proc.stderr)
         assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_two_cameras_over_mqtt_311(broker, tmp_path):
+    sub = Collector(broker.port)
+    cfg = agent_config(tmp_path, broker.port, cameras=[
+        {"name": "left", "source": {"type": "folder", "path": os.path.join(VAL, "three"), "fps": 30, "loop": True}},
+        {"name": "right", "source": {"type": "folder", "path": os.path.join(VAL, "seven"), "fps": 30, "loop": True}}],
+        mqtt={"host": "127.0.0.1", "port": broker.port, "protocol": "3.1.1"})
+    code, _, err = finish(start_agent(cfg, "--max-frames", "60"), 60)
+    assert code == 0, err[-2000:]
+    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")), 10)
+    by_topic = {}
+    for t, p, _ in sub.of("result"):
+        by_topic.setdefault(t, []).append(p)
+    assert set(by_topic) == {"edgesight/dev1/left/result", "edgesight/dev1/right/result"}
+    assert {p["label"] for p in by_topic["edgesight/dev1/left/result"]} == {"three"}
+    assert {p["label"] for p in by_topic["edgesight/dev1/right/result"]} == {"seven"}
+    assert sum(len(v) for v in by_topic.values()) == 60
+    sub.close()

@@ -193,3 +193,54 @@ def test_notifier_is_a_no_op_outside_systemd(monkeypatch):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     n = Notifier()
     assert not n.enabled and not n.ready() and not n.watchdog()
+
+
+# -- worker failures end the agent loudly ------------------------------------------------------------------------
+def test_capture_thread_failure_is_reported_and_stops_the_agent():
+    import time
+
+    from edgesight.agent.service import Agent
+    from edgesight.agent.sources import Capture, Source
+    from edgesight.errors import InferenceError
+
+    class Broken(Source):
+        def open(self):
+            pass
+
+        def read(self):
+            raise RuntimeError("driver crashed")
+
+    cap = Capture("cam", Broken(), fps=100).start()
+    end = time.time() + 5
+    while cap.failed is None and time.time() < end:
+        time.sleep(0.01)
+    assert cap.state == "failed" and "driver crashed" in cap.last_error
+
+    class Publisher(object):
+        failed = None
+
+    with pytest.raises(InferenceError, match="camera cam thread failed: RuntimeError: driver crashed"):
+        Agent._check_threads([cap], Publisher())
+
+
+def test_capture_latest_frame_slot_drops_stale_frames():
+    import time
+
+    from edgesight.agent.sources import Capture, Frame, Source
+
+    class Counter(Source):
+        n = 0
+
+        def open(self):
+            pass
+
+        def read(self):
+            self.n += 1
+            return Frame(np.zeros((2, 2, 3), np.uint8), "rgb", time.time(), self.n)
+
+    cap = Capture("cam", Counter(), fps=200).start()
+    time.sleep(0.3)  # nobody takes frames: only the latest is kept
+    frame = cap.take(timeout=1)
+    cap.stop()
+    assert frame is not None and frame.seq >= cap.captured - 1
+    assert cap.dropped >= cap.captured - 2 > 10
