@@ -9,7 +9,7 @@ import logging
 import os
 import random
 from collections import OrderedDict
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -77,11 +77,15 @@ class ImageFolder(object):
                     chosen.append(q.pop())
         return sorted(chosen)
 
-    def load(self, spec: PreprocessSpec, count: Optional[int] = None, seed: int = 0) -> LoadedSet:
-        """Decode and preprocess a (sampled) set; corrupt images are skipped and listed."""
+    def load(self, spec: PreprocessSpec, count: Optional[int] = None, seed: int = 0,
+             on_progress: Optional[Callable[[int, int], None]] = None) -> LoadedSet:
+        """Decode and preprocess a (sampled) set; corrupt images are skipped and listed. ``on_progress(done, total)``
+        is called after each image."""
         chosen = self.sample(count, seed)
         tensors, kept, skipped = [], [], []
-        for s in chosen:
+        for i, s in enumerate(chosen):
+            if on_progress is not None:
+                on_progress(i + 1, len(chosen))
             try:
                 tensors.append(preprocess(load_image(s.path), spec))
                 kept.append(s)

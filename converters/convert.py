@@ -121,10 +121,11 @@ def convert(opts: ConvertOptions, progress: Optional[Progress] = None) -> Conver
     source = pkg.path(pkg.manifest.source)
 
     progress.step("calibration images: %s (up to %d, seed %d)" % (opts.calib, opts.calib_count, opts.seed))
-    calib = calib_folder.load(spec, opts.calib_count, opts.seed)
+    calib = calib_folder.load(spec, opts.calib_count, opts.seed,
+                              on_progress=lambda i, n: progress.count("calibration images", i, n))
     if val_folder is not None:
         progress.step("validation images: %s" % opts.val)
-        val = val_folder.load(spec)
+        val = val_folder.load(spec, on_progress=lambda i, n: progress.count("validation images", i, n))
         val_name = opts.val
     else:
         log.warning("no --val folder: validating on the calibration images (agreement only is meaningful)")
@@ -158,6 +159,11 @@ def convert(opts: ConvertOptions, progress: Optional[Progress] = None) -> Conver
                                   "layout": "nhwc"})
             elif target == "tensorrt":
                 built = _tensorrt_target(source, dst, iface, calib, spec, opts, trt_onnx, progress, notes)
+                if built is not None and not any(a["target"] == "onnx-int8-trt" for a in artifacts):
+                    # the Q/DQ ONNX was made for the engine: list it too, the device rebuilds from it
+                    artifacts.append({"target": "onnx-int8-trt", "runtime": "onnxruntime",
+                                      "file": FILES["onnx-int8-trt"], "precision": "int8", "layout": spec.layout,
+                                      "profile": "tensorrt-qdq"})
                 if built is not None:
                     artifacts.append({"target": target, "runtime": "tensorrt", "file": FILES[target],
                                       "precision": "int8", "layout": spec.layout, "built_for": built})

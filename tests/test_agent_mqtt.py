@@ -278,3 +278,24 @@ def test_two_cameras_over_mqtt_311(broker, tmp_path):
     assert {p["label"] for p in by_topic["edgesight/dev1/right/result"]} == {"seven"}
     assert sum(len(v) for v in by_topic.values()) == 60
     sub.close()
+
+
+def test_video_file_source(broker, tmp_path):
+    cv2 = pytest.importorskip("cv2")  # the camera extra; CI installs it with edgesight[all]
+    from edgesight.calibration.images import list_images, load_image
+
+    video = str(tmp_path / "clip.avi")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 10, (48, 48))
+    frames = [p for p, lbl in list_images(VAL) if lbl == "four"][:12]
+    for p in frames:
+        writer.write(load_image(p)[:, :, ::-1])  # OpenCV writes BGR
+    writer.release()
+    sub = Collector(broker.port)
+    cfg = agent_config(tmp_path, broker.port, cameras=[
+        {"name": "clip", "source": {"type": "video", "path": video, "fps": 100, "loop": False}}])
+    code, _, err = finish(start_agent(cfg), 60)
+    assert code == 0, err[-2000:]
+    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")), 10)
+    labels = [p["label"] for _, p, _ in sub.of("result")]
+    assert 0 < len(labels) <= 12 and labels.count("four") >= len(labels) - 1  # MJPEG is lossy: allow one miss
+    sub.close()

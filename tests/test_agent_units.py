@@ -244,3 +244,13 @@ def test_capture_latest_frame_slot_drops_stale_frames():
     cap.stop()
     assert frame is not None and frame.seq >= cap.captured - 1
     assert cap.dropped >= cap.captured - 2 > 10
+
+
+def test_ready_made_camera_pipelines():
+    from edgesight.agent.sources import jetson_csi_pipeline, pi_libcamera_pipeline
+
+    csi = jetson_csi_pipeline(sensor_id=1, width=1920, height=1080, fps=29.97)
+    assert csi.startswith("nvarguscamerasrc sensor-id=1 ") and "width=1920, height=1080, framerate=30/1" in csi
+    assert csi.endswith("appsink drop=true max-buffers=1 sync=false")  # never queue stale frames
+    pi = pi_libcamera_pipeline(640, 480, 15)
+    assert pi.startswith("libcamerasrc ") and "format=BGR" in pi and "framerate=15/1" in pi
