@@ -236,6 +236,34 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+# -- engine --------------------------------------------------------------------------------------------------
+def cmd_engine_build(args: argparse.Namespace) -> int:
+    """Prebuild the TensorRT engine on one device and write it into the package (for a uniform fleet)."""
+    import os
+
+    from .converters.package_builder import write_manifest
+    from .runtimes.package import Artifact, Manifest, ModelPackage, sha256_file
+    from .runtimes.tensorrt_build import build_engine
+
+    pkg = ModelPackage.load(args.package)
+    qdq = [(i, a) for i, a in enumerate(pkg.manifest.artifacts) if a.profile == "tensorrt-qdq"]
+    if not qdq:
+        raise EdgesightError("the package has no TensorRT-safe Q/DQ ONNX (profile tensorrt-qdq); convert it with "
+                             "`edgesight convert --targets onnx-int8-trt`", file=pkg.manifest_path)
+    _, src = qdq[0]
+    dst = os.path.join(pkg.root, "model.int8.engine")
+    built_for = build_engine(pkg.path(src), dst, pkg.preprocess.input_shape()[1:], max_batch=args.max_batch,
+                             workspace_mb=args.workspace_mb)
+    engine = Artifact(runtime="tensorrt", file="model.int8.engine", precision="int8", sha256=sha256_file(dst),
+                      layout=src.layout, built_for=built_for)
+    arts = [a for a in pkg.manifest.artifacts if a.runtime != "tensorrt"] + [engine]
+    data = pkg.manifest.to_yaml_dict()
+    data["artifacts"] = [a.model_dump(mode="json", exclude_none=True) for a in arts]
+    write_manifest(pkg.root, Manifest(**data))
+    _out("wrote %s (built for %s); devices whose TensorRT/GPU differ rebuild their own" % (dst, built_for))
+    return 0
+
+
 # -- toolchain -------------------------------------------------------------------------------------------------
 def cmd_toolchain(args: argparse.Namespace) -> int:
     from .converters import toolchain
@@ -346,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("engine", help="TensorRT engines (on a device with TensorRT)")
+    esub = p.add_subparsers(dest="engine_command", metavar="ACTION")
+    e = esub.add_parser("build", help="build the engine from the package's Q/DQ ONNX and add it to the package")
+    e.add_argument("package")
+    e.add_argument("--max-batch", type=int, default=8)
+    e.add_argument("--workspace-mb", type=int, default=1024)
+    e.set_defaults(func=cmd_engine_build)
+    p.set_defaults(func=lambda a: _usage(p))
 
     p = sub.add_parser("toolchain", help="managed converter environments (onnx2tf for TFLite)")
     tsub = p.add_subparsers(dest="toolchain_command", metavar="ACTION")

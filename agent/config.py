@@ -140,6 +140,7 @@ class AgentConfig(_Strict):
     package: str
     runtime: str = "auto"
     runtime_options: Dict[str, Any] = Field(default_factory=dict)
+    engine_cache: str = Field("/var/cache/edgesight/engines", description="TensorRT engines built on this device")
     cameras: List[CameraConfig] = Field(min_length=1)
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)

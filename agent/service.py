@@ -38,7 +38,8 @@ def choose_artifact(pkg: ModelPackage, runtime: str = "auto", machine: Optional[
     CPUs). Artifacts whose validation failed are never chosen automatically."""
     machine = (machine or platform.machine()).lower()
     arm = machine.startswith(("arm", "aarch64"))
-    order = [runtime] if runtime != "auto" else (["tflite", "onnxruntime"] if arm else ["onnxruntime", "tflite"])
+    order = [runtime] if runtime != "auto" else (
+        ["tensorrt"] + (["tflite", "onnxruntime"] if arm else ["onnxruntime", "tflite"]))
 
     def rank(a: Artifact) -> int:
         r = 0 if a.precision == "int8" else 1
@@ -48,6 +49,12 @@ def choose_artifact(pkg: ModelPackage, runtime: str = "auto", machine: Optional[
 
     for rt in order:
         if runtime == "auto" and not is_installed(rt):
+            continue
+        if rt == "tensorrt":  # TensorRT runs an engine built here from the TensorRT-safe Q/DQ ONNX
+            qdq = [(i, a) for i, a in enumerate(pkg.manifest.artifacts) if a.profile == "tensorrt-qdq" and
+                   (a.validation is None or a.validation.get("passed", True))]
+            if qdq:
+                return qdq[0]
             continue
         cands = [(i, a) for i, a in enumerate(pkg.manifest.artifacts) if a.runtime == rt and
                  (a.validation is None or a.validation.get("passed", True))]
@@ -88,11 +95,33 @@ class Agent(object):
     def load_model(self) -> None:
         self.pkg = ModelPackage.load(self.cfg.package)  # schema, files, sha256: always verified on the device
         idx, self.artifact = choose_artifact(self.pkg, self.cfg.runtime)
-        self.rt = self.pkg.open_runtime(artifact_index=idx, config=self.cfg.runtime_options or None)
+        if self.artifact.profile == "tensorrt-qdq" and self.cfg.runtime in ("auto", "tensorrt"):
+            self.rt = self._open_tensorrt(idx)
+        else:
+            self.rt = self.pkg.open_runtime(artifact_index=idx, config=self.cfg.runtime_options or None)
         m = self.pkg.manifest
         self.model_info = {"name": m.name, "version": m.version, "sha256": self.artifact.sha256[:12],
                            "artifact": self.artifact.file, "runtime": self.artifact.runtime}
         log.info("model %s %s: %s on %s", m.name, m.version, self.artifact.file, self.artifact.runtime)
+
+    def _open_tensorrt(self, qdq_index: int) -> Runtime:
+        """An engine for this device (shipped, cached or built now from the Q/DQ ONNX), loaded."""
+        from ..runtimes.engine_cache import engine_for
+        from ..runtimes.registry import create_runtime
+
+        assert self.pkg is not None
+        qdq = self.pkg.manifest.artifacts[qdq_index]
+        shipped = [(self.pkg.path(a), a.built_for) for a in self.pkg.manifest.artifacts if a.runtime == "tensorrt"]
+        self.notifier.status("preparing the TensorRT engine")
+        engine = engine_for(self.pkg.path(qdq), qdq.sha256, self.cfg.engine_cache,
+                            self.pkg.preprocess.input_shape()[1:], shipped=shipped[0] if shipped else None,
+                            extend_timeout=self.notifier.extend_timeout)
+        rt = create_runtime("tensorrt", engine, input_layout=self.pkg.preprocess.layout, layout=qdq.layout,
+                            config=self.cfg.runtime_options or None)
+        rt.load()
+        self.pkg.check_runtime(rt, qdq_index)
+        self.artifact = qdq.model_copy(update={"runtime": "tensorrt"})
+        return rt
 
     def run(self, stop: threading.Event, max_frames: Optional[int] = None, duration: Optional[float] = None) -> int:
         cfg = self.cfg

@@ -36,8 +36,6 @@ def config_class(name: str) -> Any:
 
 def is_installed(name: str) -> bool:
     """Whether the backend's engine package can be found (cheap: nothing is imported)."""
-    if name == "tensorrt":
-        return False  # backend not implemented yet (TensorRT issue)
     return any(_find(m) for m in _entry(name)[3])
 
 

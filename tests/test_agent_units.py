@@ -254,3 +254,20 @@ def test_ready_made_camera_pipelines():
     assert csi.endswith("appsink drop=true max-buffers=1 sync=false")  # never queue stale frames
     pi = pi_libcamera_pipeline(640, 480, 15)
     assert pi.startswith("libcamerasrc ") and "format=BGR" in pi and "framerate=15/1" in pi
+
+
+def test_auto_prefers_tensorrt_with_a_qdq_artifact_where_tensorrt_is_installed(monkeypatch, tmp_path):
+    from edgesight.agent import service
+    from edgesight.runtimes.package import Artifact
+
+    pkg = load_package(EXAMPLE_PACKAGE)
+    qdq = Artifact(runtime="onnxruntime", file="model.fp32.onnx", precision="int8", sha256="0" * 64, layout="nchw",
+                   profile="tensorrt-qdq")
+    manifest = pkg.manifest.model_copy(update={"artifacts": list(pkg.manifest.artifacts) + [qdq]})
+    pkg = type(pkg)(pkg.root, manifest)
+    assert choose_artifact(pkg, "auto", machine="aarch64")[1].runtime == "tflite"  # no tensorrt here
+    monkeypatch.setattr(service, "is_installed", lambda name: True)
+    idx, art = choose_artifact(pkg, "auto", machine="aarch64")
+    assert idx == 2 and art.profile == "tensorrt-qdq"
+    # an explicit onnxruntime choice on a CPU never takes the slow tensorrt-qdq profile first
+    assert choose_artifact(pkg, "onnxruntime", machine="x86_64")[1].precision == "fp32"

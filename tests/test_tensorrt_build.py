@@ -4,7 +4,7 @@ import os
 import pytest
 
 from edgesight.converters import tensorrt_engine
-from edgesight.errors import ConversionError
+from edgesight.runtimes.tensorrt_build import EngineBuildError
 
 from conftest import EXAMPLE_PACKAGE
 import fake_tensorrt
@@ -21,13 +21,17 @@ def names(trt):
     return [c[0] for c in trt.calls]
 
 
-@pytest.mark.parametrize("version,flags", [("8.5.2", 1), ("8.6.1", 1), ("10.3.0", 0)])
-def test_build_sets_int8_and_explicit_batch_per_version(monkeypatch, onnx_file, tmp_path, version, flags):
+@pytest.mark.parametrize("version,flags,precision_flags", [("8.5.2", 1, True), ("8.6.1", 1, True),
+                                                           ("10.3.0", 2, False)])
+def test_build_flags_per_version(monkeypatch, onnx_file, tmp_path, version, flags, precision_flags):
     trt = fake_tensorrt.install(monkeypatch, version=version)
     engine = str(tmp_path / "m.engine")
     built = tensorrt_engine.build_engine(onnx_file, engine, (3, 32, 32), max_batch=4, workspace_mb=64)
-    assert ("create_network", flags) in trt.calls  # EXPLICIT_BATCH before 10, no flag from 10 on
-    assert ("set_flag", "INT8") in trt.calls and ("set_flag", "FP16") in trt.calls
+    # before 10: EXPLICIT_BATCH (bit 0) and the INT8 (+FP16) flags; from 10 on: STRONGLY_TYPED (bit 1), the Q/DQ
+    # nodes decide the precisions and no precision flag may be set
+    assert ("create_network", flags) in trt.calls
+    assert (("set_flag", "INT8") in trt.calls) is precision_flags
+    assert (("set_flag", "FP16") in trt.calls) is precision_flags
     assert ("set_memory_pool_limit", "WORKSPACE", 64 << 20) in trt.calls
     assert ("set_shape", "image", (1, 3, 32, 32), (1, 3, 32, 32), (4, 3, 32, 32)) in trt.calls
     assert names(trt).index("add_optimization_profile") < names(trt).index("build_serialized_network")
@@ -40,19 +44,24 @@ def test_static_batch_needs_no_profile(monkeypatch, onnx_file, tmp_path):
     trt = fake_tensorrt.install(monkeypatch, input_shape=(1, 3, 32, 32), fp16=False)
     tensorrt_engine.build_engine(onnx_file, str(tmp_path / "e"), (3, 32, 32))
     assert "add_optimization_profile" not in names(trt)
-    assert ("set_flag", "FP16") not in trt.calls  # no fast FP16 on this platform
+
+
+def test_no_fp16_flag_without_fast_fp16(monkeypatch, onnx_file, tmp_path):
+    trt = fake_tensorrt.install(monkeypatch, version="8.6.1", fp16=False)
+    tensorrt_engine.build_engine(onnx_file, str(tmp_path / "e"), (3, 32, 32))
+    assert ("set_flag", "INT8") in trt.calls and ("set_flag", "FP16") not in trt.calls
 
 
 def test_parser_errors_are_reported(monkeypatch, onnx_file, tmp_path):
     fake_tensorrt.install(monkeypatch, parse_ok=False)
-    with pytest.raises(ConversionError, match="INVALID_NODE: fake parser error"):
+    with pytest.raises(EngineBuildError, match="INVALID_NODE: fake parser error"):
         tensorrt_engine.build_engine(onnx_file, str(tmp_path / "e"), (3, 32, 32))
     assert not os.path.exists(str(tmp_path / "e"))
 
 
 def test_failed_build_is_an_error(monkeypatch, onnx_file, tmp_path):
     fake_tensorrt.install(monkeypatch, build_ok=False)
-    with pytest.raises(ConversionError, match="failed to build"):
+    with pytest.raises(EngineBuildError, match="failed to build"):
         tensorrt_engine.build_engine(onnx_file, str(tmp_path / "e"), (3, 32, 32))
 
 
