@@ -264,6 +264,40 @@ def cmd_engine_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- doctor ----------------------------------------------------------------------------------------------------
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .agent import doctor
+
+    checks = doctor.run(config_path=args.config, package=args.package)
+    failures = sum(1 for c in checks if c.status == "fail")
+    if args.json:
+        _out(json.dumps({"checks": [c._asdict() for c in checks], "failures": failures}, indent=2))
+    else:
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            _out("%-*s  %-4s  %s" % (width, c.name, c.status.upper(), c.detail))
+            if c.fix and c.status in ("fail", "warn"):
+                _out("%-*s        fix: %s" % (width, "", c.fix))
+        _out("%d check(s), %d failed" % (len(checks), failures))
+    return min(failures, 100)
+
+
+# -- service ---------------------------------------------------------------------------------------------------
+def cmd_service(args: argparse.Namespace) -> int:
+    from .agent import install as inst
+
+    if args.service_command == "install":
+        report = inst.install(root=args.root, user=args.user, executable=args.executable, device_id=args.device_id,
+                              enable=not args.no_enable)
+    elif args.service_command == "uninstall":
+        report = inst.uninstall(root=args.root, purge=args.purge)
+    else:
+        return _usage(args.parser)
+    for line in report:
+        _out(line)
+    return 0
+
+
 # -- toolchain -------------------------------------------------------------------------------------------------
 def cmd_toolchain(args: argparse.Namespace) -> int:
     from .converters import toolchain
@@ -383,6 +417,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workspace-mb", type=int, default=1024)
     e.set_defaults(func=cmd_engine_build)
     p.set_defaults(func=lambda a: _usage(p))
+
+    p = sub.add_parser("doctor", help="check that this device can run the agent (exit code = failed checks)")
+    p.add_argument("--config", help="agent YAML: also checks the broker, outbox and package")
+    p.add_argument("--package", help="package to load on every runtime (default: the config's, else the example)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("service", help="install the agent as a hardened systemd service")
+    ssub = p.add_subparsers(dest="service_command", metavar="ACTION")
+    s_ = ssub.add_parser("install", help="user, directories, unit, env file and config skeleton (idempotent)")
+    s_.add_argument("--root", default="/", help="install into this staging tree instead of / (no user, no systemctl)")
+    s_.add_argument("--user", default="edgesight")
+    s_.add_argument("--executable", help="edgesight command for ExecStart (default: this venv's)")
+    s_.add_argument("--device-id", help="device_id for the config skeleton (default: host name)")
+    s_.add_argument("--no-enable", action="store_true", help="do not enable the unit")
+    s_ = ssub.add_parser("uninstall", help="disable and remove the unit (config and state stay unless --purge)")
+    s_.add_argument("--root", default="/")
+    s_.add_argument("--purge", action="store_true")
+    p.set_defaults(func=cmd_service, service_command=None, parser=p)
 
     p = sub.add_parser("toolchain", help="managed converter environments (onnx2tf for TFLite)")
     tsub = p.add_subparsers(dest="toolchain_command", metavar="ACTION")

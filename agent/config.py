@@ -134,6 +134,12 @@ class StatsConfig(_Strict):
     interval: float = Field(30.0, gt=0)
 
 
+class MetricsConfig(_Strict):
+    enabled: bool = False
+    host: str = "127.0.0.1"  # loopback unless you mean it
+    port: int = Field(9464, ge=0, le=65535)
+
+
 class AgentConfig(_Strict):
     device_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0],
                            pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -147,6 +153,7 @@ class AgentConfig(_Strict):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log_level: str = "info"
 
     @field_validator("runtime")

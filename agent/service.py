@@ -141,6 +141,11 @@ class Agent(object):
         publisher.start()
         for cap in caps:
             cap.start()
+        metrics = None
+        if cfg.metrics.enabled:
+            from .metrics import MetricsServer
+
+            metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.metrics_snapshot).start()
         self.notifier.ready("running %s on %d camera(s)" % (self.artifact.file, len(caps)))
         last_stats = time.monotonic()
         deadline = None if duration is None else time.monotonic() + duration
@@ -169,6 +174,8 @@ class Agent(object):
                     break
         finally:
             self.notifier.stopping()
+            if metrics is not None:
+                metrics.stop()
             for cap in caps:
                 cap.stop()
             self.commit_stats(outbox, max(1e-3, time.monotonic() - last_stats))
@@ -281,10 +288,26 @@ class Agent(object):
         })
 
     _last_frames = 0
+    _last_fps = 0.0
+
+    def metrics_snapshot(self) -> Dict[str, Any]:
+        """Live numbers for /metrics, read without side effects (the stats period is not reset)."""
+        counters = self.outbox.counters()
+        inf, c2p = list(self.inference_ms), list(self.publisher.capture_to_publish_ms)
+        return {"frames": self.processed, "fps": self._last_fps,
+                "inference_ms": {"p50": decisions.percentile(inf, 50), "p95": decisions.percentile(inf, 95)},
+                "capture_to_publish_ms": {"p50": decisions.percentile(c2p, 50), "p95": decisions.percentile(c2p, 95)},
+                "dropped_frames": sum(c.dropped for c in self.captures),
+                "cameras": {c.name: c.stats() for c in self.captures},
+                "outbox": {"depth": self.outbox.depth(), "bytes": self.outbox.bytes, "counters": counters},
+                "samples": {"sent": self.samples_sent, "skipped": self.samples_skipped},
+                "mqtt_connected": self.link.connected.is_set(), "rss_bytes": rss_bytes(),
+                "uptime_s": round(time.time() - self.started, 1)}
 
     def _fps_window(self, elapsed: float) -> float:
         frames, self._last_frames = self.processed - self._last_frames, self.processed
-        return frames / elapsed if elapsed > 0 else 0.0
+        self._last_fps = frames / elapsed if elapsed > 0 else 0.0
+        return self._last_fps
 
     def commit_stats(self, outbox: Outbox, elapsed: float) -> None:
         body = self.stats_payload(elapsed)

@@ -299,3 +299,36 @@ def test_video_file_source(broker, tmp_path):
     labels = [p["label"] for _, p, _ in sub.of("result")]
     assert 0 < len(labels) <= 12 and labels.count("four") >= len(labels) - 1  # MJPEG is lossy: allow one miss
     sub.close()
+
+
+def test_metrics_endpoint_is_scraped(broker, tmp_path):
+    import urllib.request
+
+    from mqtt_util import free_port
+
+    port = free_port()
+    cfg = agent_config(tmp_path, broker.port, metrics={"enabled": True, "port": port}, cameras=[
+        {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 50, "loop": True}}])
+    proc = start_agent(cfg)
+    try:
+        text = ""
+        end = time.time() + 30
+        while time.time() < end:
+            try:
+                text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=2).read().decode()
+                if "edgesight_frames_total" in text and 'event="sent"' in text:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        assert "# TYPE edgesight_frames_total counter" in text, text
+        frames = float([ln for ln in text.splitlines() if ln.startswith("edgesight_frames_total ")][0].split()[1])
+        assert frames > 0
+        assert 'edgesight_camera_up{camera="front",state="online"} 1.0' in text
+        assert "edgesight_mqtt_connected 1.0" in text and 'edgesight_inference_ms{quantile="0.95"}' in text
+        assert 'edgesight_outbox_events_total{event="sent",kind="result"}' in text
+        with pytest.raises(OSError):  # only /metrics is served (HTTP 404 otherwise)
+            urllib.request.urlopen("http://127.0.0.1:%d/other" % port, timeout=2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        finish(proc, 30)

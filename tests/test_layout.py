@@ -67,4 +67,7 @@ def test_wheel_contains_only_the_edgesight_namespace(tmp_path):
                    "edgesight/converters/package_builder.py", "edgesight/agent/__init__.py",
                    "edgesight/fleet/__init__.py"):
         assert module in names, module
-    assert not any(n.startswith("edgesight/tests/") or n.startswith("edgesight/examples/") for n in names)
+    assert not any(n.startswith("edgesight/tests/") or n.startswith("edgesight/bench/") for n in names)
+    examples = [n for n in names if n.startswith("edgesight/examples/")]  # only the package `doctor` loads
+    assert examples and all(n.startswith("edgesight/examples/digits/package/") for n in examples), examples
+    assert "edgesight/systemd/edgesight-agent.service" in names  # `service install` writes it
