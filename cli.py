@@ -246,16 +246,21 @@ def cmd_engine_build(args: argparse.Namespace) -> int:
     from .runtimes.tensorrt_build import build_engine
 
     pkg = ModelPackage.load(args.package)
-    qdq = [(i, a) for i, a in enumerate(pkg.manifest.artifacts) if a.profile == "tensorrt-qdq"]
-    if not qdq:
-        raise EdgesightError("the package has no TensorRT-safe Q/DQ ONNX (profile tensorrt-qdq); convert it with "
-                             "`edgesight convert --targets onnx-int8-trt`", file=pkg.manifest_path)
-    _, src = qdq[0]
     dst = os.path.join(pkg.root, "model.int8.engine")
-    built_for = build_engine(pkg.path(src), dst, pkg.preprocess.input_shape()[1:], max_batch=args.max_batch,
-                             workspace_mb=args.workspace_mb)
+    if args.legacy_calib:
+        built_for = _legacy_engine(pkg, dst, args)
+        layout = pkg.preprocess.layout
+    else:
+        qdq = [(i, a) for i, a in enumerate(pkg.manifest.artifacts) if a.profile == "tensorrt-qdq"]
+        if not qdq:
+            raise EdgesightError("the package has no TensorRT-safe Q/DQ ONNX (profile tensorrt-qdq); convert it "
+                                 "with `edgesight convert --targets onnx-int8-trt`", file=pkg.manifest_path)
+        _, src = qdq[0]
+        built_for = build_engine(pkg.path(src), dst, pkg.preprocess.input_shape()[1:], max_batch=args.max_batch,
+                                 workspace_mb=args.workspace_mb)
+        layout = src.layout
     engine = Artifact(runtime="tensorrt", file="model.int8.engine", precision="int8", sha256=sha256_file(dst),
-                      layout=src.layout, built_for=built_for)
+                      layout=layout, built_for=built_for)
     arts = [a for a in pkg.manifest.artifacts if a.runtime != "tensorrt"] + [engine]
     data = pkg.manifest.to_yaml_dict()
     data["artifacts"] = [a.model_dump(mode="json", exclude_none=True) for a in arts]
@@ -296,6 +301,23 @@ def cmd_service(args: argparse.Namespace) -> int:
     for line in report:
         _out(line)
     return 0
+
+
+def _legacy_engine(pkg, dst: str, args: argparse.Namespace):
+    """TensorRT <= 10 only: implicit INT8 from the FP32 source with an entropy calibrator fed by calibration images
+    preprocessed with the package's spec, and a calibration cache beside the engine."""
+    from .calibration.dataset import ImageFolder
+    from .runtimes.cuda_adapter import cuda_adapter
+    from .runtimes.tensorrt_backend import import_tensorrt
+    from .runtimes.tensorrt_build import build_engine, make_entropy_calibrator
+
+    trt = import_tensorrt()
+    data = ImageFolder(args.legacy_calib).load(pkg.preprocess, args.calib_count)
+    batch = args.calib_batch
+    batches = (data.tensors[i:i + batch] for i in range(0, len(data.tensors) - batch + 1, batch))
+    calibrator = make_entropy_calibrator(trt, cuda_adapter(), batches, dst + ".calib-cache", batch)
+    return build_engine(pkg.path(pkg.manifest.source), dst, pkg.preprocess.input_shape()[1:],
+                        max_batch=args.max_batch, workspace_mb=args.workspace_mb, calibrator=calibrator, trt=trt)
 
 
 # -- toolchain -------------------------------------------------------------------------------------------------
@@ -415,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("package")
     e.add_argument("--max-batch", type=int, default=8)
     e.add_argument("--workspace-mb", type=int, default=1024)
+    e.add_argument("--legacy-calib", metavar="DIR", help="TensorRT <= 10 only: implicit INT8 from the FP32 source "
+                   "with an entropy calibrator fed by these images (default: explicit Q/DQ)")
+    e.add_argument("--calib-count", type=int, default=300)
+    e.add_argument("--calib-batch", type=int, default=8)
     e.set_defaults(func=cmd_engine_build)
     p.set_defaults(func=lambda a: _usage(p))
 

@@ -62,3 +62,14 @@ def chromium_binary():
         if path:
             return path
     return None
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A real mosquitto on a free loopback port (tests/mqtt_util.py), stopped afterwards."""
+    from mqtt_util import Broker, mosquitto_binary
+
+    require_or_skip(mosquitto_binary() is not None, "mosquitto (apt-get install mosquitto)")
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.stop()

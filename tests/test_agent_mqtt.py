@@ -18,14 +18,6 @@ from mqtt_util import Broker, Collector, agent_config, free_port, mosquitto_bina
 VAL = os.path.join(EXAMPLE, "images", "val")
 
 
-@pytest.fixture
-def broker(tmp_path):
-    require_or_skip(mosquitto_binary() is not None, "mosquitto (apt-get install mosquitto)")
-    b = Broker(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
 def finish(proc, timeout=60):
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err

@@ -99,14 +99,6 @@ def doctor(*args, env=None):
     return proc.returncode, {c["name"]: c for c in report["checks"]}, report
 
 
-@pytest.fixture
-def broker(tmp_path):
-    require_or_skip(mosquitto_binary() is not None, "mosquitto")
-    b = Broker(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
 def test_doctor_with_a_reachable_broker(broker, tmp_path):
     code, checks, report = doctor("--config", agent_config(tmp_path, broker.port))
     assert checks["broker"]["status"] == "ok" and "handshake" in checks["broker"]["detail"]

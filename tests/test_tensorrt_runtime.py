@@ -259,3 +259,36 @@ def test_engine_build_command_adds_the_engine_to_the_package(monkeypatch, tmp_pa
     assert ("set_shape", "image", (1, 3, 32, 32), (1, 3, 32, 32), (4, 3, 32, 32)) in trt.calls
     assert main(["engine", "build", out]) == 0  # again: replaces, never duplicates
     assert sum(a.runtime == "tensorrt" for a in load_package(out).manifest.artifacts) == 1
+
+
+def test_engine_build_legacy_calibrator_path(monkeypatch, tmp_path):
+    """TensorRT <= 10: implicit INT8 from the FP32 source, the calibrator fed with the images, then None."""
+    import shutil
+
+    from edgesight.cli import main
+    from edgesight.runtimes import cuda_adapter, load_package
+
+    pkg_dir = str(tmp_path / "pkg")
+    shutil.copytree(EXAMPLE_PACKAGE, pkg_dir)
+    trt = fake_tensorrt.install(monkeypatch, version="8.5.2")
+    cuda = fake_tensorrt.FakeCuda(trt)
+    monkeypatch.setattr(cuda_adapter, "cuda_adapter", lambda prefer=None: cuda)
+    seen = {}
+
+    real_build = trt.Builder.build_serialized_network
+
+    def build(self, network, config):  # drain the calibrator as TensorRT would during an implicit-INT8 build
+        cal = config.int8_calibrator
+        seen["batches"] = 0
+        while cal.get_batch(["image"]) is not None:
+            seen["batches"] += 1
+        cal.write_calibration_cache(b"TABLE")
+        return real_build(self, network, config)
+
+    monkeypatch.setattr(trt.Builder, "build_serialized_network", build)
+    assert main(["engine", "build", pkg_dir, "--legacy-calib", os.path.join(EXAMPLE, "images", "calib"),
+                 "--calib-count", "40", "--calib-batch", "8"]) == 0
+    assert seen["batches"] == 5  # 40 images in batches of 8, then None
+    assert ("set_flag", "INT8") in trt.calls  # implicit INT8
+    assert open(os.path.join(pkg_dir, "model.int8.engine.calib-cache"), "rb").read() == b"TABLE"
+    assert any(a.runtime == "tensorrt" for a in load_package(pkg_dir).manifest.artifacts)
