@@ -33,8 +33,10 @@ def render(snap: Dict[str, Any]) -> str:
     metric("fps", "gauge", "Frames per second over the last stats period.", [({}, snap["fps"])])
     metric("inference_ms", "gauge", "Inference latency percentiles (ms).",
            [({"quantile": q}, snap["inference_ms"].get(k)) for q, k in (("0.5", "p50"), ("0.95", "p95"))])
-    metric("capture_to_publish_ms", "gauge", "Capture to broker acknowledgement percentiles (ms).",
+    metric("capture_to_publish_ms", "gauge", "Capture to hand-off to the MQTT connection percentiles (ms).",
            [({"quantile": q}, snap["capture_to_publish_ms"].get(k)) for q, k in (("0.5", "p50"), ("0.95", "p95"))])
+    metric("capture_to_ack_ms", "gauge", "Capture to the broker's acknowledgement percentiles (ms).",
+           [({"quantile": q}, snap["capture_to_ack_ms"].get(k)) for q, k in (("0.5", "p50"), ("0.95", "p95"))])
     metric("dropped_frames_total", "counter", "Frames replaced in the latest-frame slot before processing.",
            [({}, snap["dropped_frames"])])
     metric("camera_up", "gauge", "1 when the camera delivers frames.",

@@ -132,7 +132,8 @@ class Publisher(object):
         self.resend_after = resend_after
         self._inflight: Dict[int, Tuple[int, float, Optional[float], str]] = {}  # mid -> row id, sent, captured, kind
         self._generation = -1
-        self.capture_to_publish_ms: Deque[float] = deque(maxlen=2000)
+        self.capture_to_publish_ms: Deque[float] = deque(maxlen=2000)  # capture -> handed to the MQTT connection
+        self.capture_to_ack_ms: Deque[float] = deque(maxlen=2000)  # capture -> the broker's PUBACK
         self.published = 0
         self.failed: Optional[BaseException] = None  # an unexpected error ended the thread: the agent must exit
         self._stop = threading.Event()
@@ -183,8 +184,11 @@ class Publisher(object):
             mid = self.link.publish(row.topic, row.payload, row.qos, row.retain)
             if mid is None:
                 return
-            self._inflight[mid] = (row.id, time.time(), row.captured, row.kind)
+            now = time.time()
+            self._inflight[mid] = (row.id, now, row.captured, row.kind)
             self.published += 1
+            if row.captured is not None and row.kind == "result":
+                self.capture_to_publish_ms.append(1000.0 * (now - row.captured))
 
     def _drain_acks(self) -> None:
         """Every queued ack: refusals one by one, successes deleted in one transaction."""
@@ -208,4 +212,4 @@ class Publisher(object):
         now = time.time()
         for row_id, captured, kind in acked:
             if row_id in deleted and captured is not None and kind == "result":
-                self.capture_to_publish_ms.append(1000.0 * (now - captured))
+                self.capture_to_ack_ms.append(1000.0 * (now - captured))

@@ -154,6 +154,8 @@ class Agent(object):
                 self._check_threads(caps, publisher)
                 progressed = False
                 for cap, cam in zip(caps, cfg.cameras):
+                    if max_frames is not None and self.processed >= max_frames:
+                        break
                     frame = cap.take(timeout=0.05 if len(caps) == 1 else 0.01)
                     if frame is None:
                         continue
@@ -271,11 +273,13 @@ class Agent(object):
         counters = self.outbox.counters()
         inf = list(self.inference_ms)
         c2p = list(self.publisher.capture_to_publish_ms)
+        c2a = list(self.publisher.capture_to_ack_ms)
         return payloads.stats(self.cfg.device_id, {
             "uptime_s": round(time.time() - self.started, 1),
             "frames": self.processed, "fps": round(self._fps_window(elapsed), 3),
             "inference_ms": {"p50": decisions.percentile(inf, 50), "p95": decisions.percentile(inf, 95)},
             "capture_to_publish_ms": {"p50": decisions.percentile(c2p, 50), "p95": decisions.percentile(c2p, 95)},
+            "capture_to_ack_ms": {"p50": decisions.percentile(c2a, 50), "p95": decisions.percentile(c2a, 95)},
             "cameras": {c.name: c.stats() for c in self.captures},
             "dropped_frames": sum(c.dropped for c in self.captures),
             "outbox": {"depth": self.outbox.depth(), "bytes": self.outbox.bytes, "inflight": self.publisher.inflight(),
@@ -294,9 +298,11 @@ class Agent(object):
         """Live numbers for /metrics, read without side effects (the stats period is not reset)."""
         counters = self.outbox.counters()
         inf, c2p = list(self.inference_ms), list(self.publisher.capture_to_publish_ms)
+        c2a = list(self.publisher.capture_to_ack_ms)
         return {"frames": self.processed, "fps": self._last_fps,
                 "inference_ms": {"p50": decisions.percentile(inf, 50), "p95": decisions.percentile(inf, 95)},
                 "capture_to_publish_ms": {"p50": decisions.percentile(c2p, 50), "p95": decisions.percentile(c2p, 95)},
+                "capture_to_ack_ms": {"p50": decisions.percentile(c2a, 50), "p95": decisions.percentile(c2a, 95)},
                 "dropped_frames": sum(c.dropped for c in self.captures),
                 "cameras": {c.name: c.stats() for c in self.captures},
                 "outbox": {"depth": self.outbox.depth(), "bytes": self.outbox.bytes, "counters": counters},

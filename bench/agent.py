@@ -104,6 +104,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rss-minutes", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="edgesight-bench-agent-")
     broker = Broker(os.path.join(work, "broker")).start()
@@ -114,26 +115,37 @@ def main() -> int:
         pkg = create_fp32_package(model, ["class_%d" % i for i in range(1000)], spec, os.path.join(work, "pkg"),
                                   name="mobilenetv2")
         frames = [load_image(p) for p, _ in list_images(os.path.join(EXAMPLE, "images", "val"))[:50]]
-        infer_fps, full_fps, p50, p95 = bare(pkg, frames, args.threads)
-        print("MobileNetV2 FP32 224x224, onnxruntime, %d threads" % args.threads)
-        print("bare runtime:   %.1f fps infer only, %.1f fps preprocess + infer; inference p50 %.2f ms, p95 %.2f ms"
-              % (infer_fps, full_fps, p50, p95))
-        # the folder "camera" delivers frames a little faster than bare preprocess + infer can take them, as a camera
-        # would: the pipeline is never starved, and the capture thread does not burn the CPU decoding frames for
-        # nothing (with 2 cores that would measure the decoder, not the pipeline)
-        camera_fps = 1.2 * full_fps
-        print("camera:         image folder at %.0f fps" % camera_fps)
-        stats = agent_run(work, pkg.root, broker.port, args.threads, camera_fps, frames=args.frames)
+        print("MobileNetV2 FP32 224x224, onnxruntime, %d threads; %d rounds of bare loop then agent pipeline "
+              "(the VM's speed drifts: each ratio compares neighbours)" % (args.threads, args.rounds))
+        ratios = []
+        for r in range(args.rounds):
+            infer_fps, full_fps, p50, p95 = bare(pkg, frames, args.threads)
+            # the folder "camera" delivers frames a little faster than bare preprocess + infer can take them, as a
+            # camera would: the pipeline is never starved, and the capture thread does not burn the CPU decoding
+            # frames for nothing (with 2 cores that would measure the decoder, not the pipeline)
+            camera_fps = 1.2 * full_fps
+            stats = agent_run(work, pkg.root, broker.port, args.threads, camera_fps, frames=args.frames)
+            last = stats[-1]
+            steady = [s for s in stats if s["frames"] > 0][:-1] or stats  # periodic reports (the last is partial)
+            fps = statistics.median([s["fps"] for s in steady])
+            ratios.append(fps / full_fps)
+            print("round %d: bare %.1f fps infer only, %.1f fps preprocess + infer (inference p50 %.2f, p95 %.2f ms); "
+                  "agent %.1f fps with the camera at %.0f fps = %.0f%% of bare preprocess+infer; %d frames, %d "
+                  "dropped by the latest-frame slot" % (r + 1, infer_fps, full_fps, p50, p95, fps, camera_fps,
+                                                         100 * fps / full_fps, last["frames"],
+                                                         last["dropped_frames"]))
+        print("agent pipeline: median %.0f%% of bare preprocess+infer (rounds: %s)"
+              % (100 * statistics.median(ratios), ", ".join("%.0f%%" % (100 * x) for x in ratios)))
+        # latency is measured below saturation: a camera at 70% of what the pipeline can take (a saturated pipeline
+        # measures the queueing in front of it, not the pipeline)
+        lat_fps = 0.7 * fps
+        stats = agent_run(work, pkg.root, broker.port, args.threads, lat_fps, frames=max(200, args.frames // 2))
         last = stats[-1]
-        steady = [s for s in stats if s["frames"] > 0][:-1] or stats  # periodic reports (the last one is partial)
-        fps = statistics.median([s["fps"] for s in steady])
-        print("agent pipeline: %.1f fps (median of %d stats periods) = %.0f%% of bare preprocess+infer, %.0f%% of "
-              "infer only; %d frames, %d dropped by the latest-frame slot"
-              % (fps, len(steady), 100 * fps / full_fps, 100 * fps / infer_fps, last["frames"],
-                 last["dropped_frames"]))
-        print("agent latency:  inference p50 %.2f / p95 %.2f ms; capture->publish (PUBACK) p50 %.2f / p95 %.2f ms"
-              % (last["inference_ms"]["p50"], last["inference_ms"]["p95"], last["capture_to_publish_ms"]["p50"],
-                 last["capture_to_publish_ms"]["p95"]))
+        print("agent latency:  camera at %.0f fps (70%% of the pipeline): inference p50 %.2f / p95 %.2f ms; "
+              "capture->publish p50 %.2f / p95 %.2f ms; capture->PUBACK p50 %.2f / p95 %.2f ms"
+              % (lat_fps, last["inference_ms"]["p50"], last["inference_ms"]["p95"],
+                 last["capture_to_publish_ms"]["p50"], last["capture_to_publish_ms"]["p95"],
+                 last["capture_to_ack_ms"]["p50"], last["capture_to_ack_ms"]["p95"]))
         accept, drain = outbox_rates(work, broker.port)
         print("outbox:         %.0f results/s durably accepted (SQLite WAL, synchronous=FULL), %.0f results/s drained "
               "to the local broker (QoS 1, 100 in flight)" % (accept, drain))

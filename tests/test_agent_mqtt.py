@@ -70,8 +70,8 @@ def test_results_samples_state_stats_status_arrive_with_the_documented_payloads(
     states = sub.of("state")
     assert states and all(retained is False for _, _, retained in states)  # live delivery of retained publishes
     assert stats[-1]["outbox"]["counters"]["sent_result"] >= processed - 1  # the last ack may follow the stats
-    assert {"fps", "inference_ms", "capture_to_publish_ms", "dropped_frames", "rss_bytes", "uptime_s",
-            "samples"} <= set(stats[-1])
+    assert {"fps", "inference_ms", "capture_to_publish_ms", "capture_to_ack_ms", "dropped_frames", "rss_bytes",
+            "uptime_s", "samples"} <= set(stats[-1])
     sub.close()
     late = Collector(broker.port, client_id="late")  # retained: status and the latest state
     assert late.wait_for(lambda s: s.of("status") and s.of("state"), 5)
