@@ -162,8 +162,11 @@ class Agent(object):
                     self.process(cam.name, frame, outbox, trackers[cam.name], gates[cam.name], limiter)
                     publisher.wake()
                     progressed = True
-                if progressed:
-                    self.notifier.watchdog()  # real progress: a frame processed and committed
+                if progressed or all(c.state in ("reconnecting", "ended") for c in caps):
+                    # real progress (a frame processed and committed), or every camera is in a known, reported
+                    # outage that the capture threads are handling: a restart would not bring a camera back, and
+                    # restart loops would hit the unit's StartLimitBurst and stop the service for good
+                    self.notifier.watchdog()
                 if time.monotonic() - last_stats >= cfg.stats.interval:
                     self.commit_stats(outbox, time.monotonic() - last_stats)
                     last_stats = time.monotonic()
@@ -190,7 +193,7 @@ class Agent(object):
 
     @staticmethod
     def _check_threads(caps: List[Capture], publisher: Publisher) -> None:
-        """A worker thread that died of an unexpected error stops the agent (exit 1, systemd restarts it)."""
+        """A worker thread that died of an unexpected error stops the agent (exit 6, systemd restarts it)."""
         for worker, name in [(c, "camera %s" % c.name) for c in caps] + [(publisher, "MQTT publisher")]:
             if worker.failed is not None:
                 raise InferenceError("%s thread failed: %s: %s" % (name, type(worker.failed).__name__,

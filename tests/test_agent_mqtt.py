@@ -324,3 +324,31 @@ def test_metrics_endpoint_is_scraped(broker, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         finish(proc, 30)
+
+
+def test_watchdog_keeps_pinging_while_the_camera_is_in_a_reported_outage(broker, tmp_path):
+    path = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(1)
+    cfg = agent_config(tmp_path, broker.port, cameras=[
+        {"name": "front", "source": {"type": "folder", "path": str(tmp_path / "not-there-yet"), "fps": 10,
+                                     "reconnect_min": 0.2, "reconnect_max": 0.5}}])
+    proc = start_agent(cfg, "--duration", "3", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+    got = []
+    end = time.time() + 30
+    try:
+        while time.time() < end:
+            try:
+                msg = srv.recv(4096).decode()
+            except socket.timeout:
+                continue
+            got.append(msg)
+            if "STOPPING=1" in msg:
+                break
+    finally:
+        code, _, err = finish(proc, 30)
+        srv.close()
+    assert code == 0, err[-2000:]
+    assert got.count("WATCHDOG=1") >= 3  # no frames at all, but the outage is known and reported
+    assert "not-there-yet does not exist" in err
