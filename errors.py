@@ -122,3 +122,14 @@ def validation_problems(errors: Sequence[Dict[str, Any]], line_of: Optional[Call
         msgs.append("%s%s: %s" % (field_path(loc) or "(top level)", " (line %d)" % line if line else "", what))
     more = " (and %d more)" % (len(errors) - limit) if len(errors) > limit else ""
     return "; ".join(msgs) + more, (field_path(errors[0]["loc"]) or None) if errors else None
+
+
+def require_module(module: str, what: str, extra: str, package: Optional[str] = None, hint: str = "") -> Any:
+    """Import an optional package, or raise :class:`MissingDependencyError` naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(what, extra, module=package or module,
+                                     detail="%s%s" % (exc, "; " + hint if hint else ""))

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import Deque, Dict, Optional, Tuple
 
-from ..errors import MissingDependencyError
+from ..errors import require_module
 from . import payloads
 from .config import MqttConfig
 from .outbox import Outbox
@@ -22,11 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def _paho():
-    try:
-        import paho.mqtt.client as mqtt
-    except ImportError as exc:
-        raise MissingDependencyError("The agent's MQTT link", "agent", module="paho-mqtt", detail=str(exc))
-    return mqtt
+    return require_module("paho.mqtt.client", "The agent's MQTT link", "agent", package="paho-mqtt")
 
 
 class MqttLink(object):

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, NamedTuple, Optional
 import numpy as np
 
 from ..calibration.images import list_images, load_image
-from ..errors import ConfigError, ImageError, MissingDependencyError
+from ..errors import ConfigError, ImageError, MissingDependencyError, require_module
 from .config import SourceConfig
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,7 @@ class SourceLost(Exception):
 
 
 def _cv2():
-    try:
-        import cv2
-    except ImportError as exc:
-        raise MissingDependencyError("Camera, stream and video sources", "camera", module="opencv-python-headless",
-                                     detail=str(exc))
-    return cv2
+    return require_module("cv2", "Camera, stream and video sources", "camera", package="opencv-python-headless")
 
 
 def jetson_csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: float = 30.0) -> str:

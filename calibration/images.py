@@ -4,16 +4,15 @@ from typing import List, Tuple
 
 import numpy as np
 
-from ..errors import ImageError, MissingDependencyError
+from ..errors import ImageError, require_module
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def _pil():
-    try:
-        from PIL import Image, ImageOps
-    except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test
-        raise MissingDependencyError("Reading image files", "camera", module="Pillow", detail=str(exc))
+    require_module("PIL.ImageOps", "Reading image files", "camera", package="Pillow")
+    from PIL import Image, ImageOps
+
     return Image, ImageOps
 
 

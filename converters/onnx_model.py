@@ -1,7 +1,7 @@
 """Reading an FP32 ONNX classifier's interface (host side; needs the ``onnx`` package)."""
 from typing import List, NamedTuple, Optional, Tuple
 
-from ..errors import MissingDependencyError, ModelFileError
+from ..errors import ModelFileError, require_module
 
 
 class OnnxInterface(NamedTuple):
@@ -13,11 +13,7 @@ class OnnxInterface(NamedTuple):
 
 
 def import_onnx():
-    try:
-        import onnx
-    except ImportError as exc:
-        raise MissingDependencyError("Reading ONNX models", "convert", module="onnx", detail=str(exc))
-    return onnx
+    return require_module("onnx", "Reading ONNX models", "convert")
 
 
 def _dims(value_info) -> Tuple[Optional[int], ...]:

@@ -12,7 +12,7 @@ import os
 import tempfile
 from typing import Dict, NamedTuple
 
-from ..errors import ConversionError, MissingDependencyError
+from ..errors import ConversionError, require_module
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,7 @@ PROFILES: Dict[str, QuantProfile] = {
 
 
 def _import_quantization():
-    try:
-        from onnxruntime import quantization
-    except ImportError as exc:
-        raise MissingDependencyError("INT8 ONNX conversion", "convert", module="onnxruntime", detail=str(exc))
-    return quantization
+    return require_module("onnxruntime.quantization", "INT8 ONNX conversion", "convert", package="onnxruntime")
 
 
 def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method: str = DEFAULT_METHOD) -> str:

@@ -5,7 +5,7 @@ from typing import ClassVar, Dict, List, Optional, Tuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InferenceError, MissingDependencyError, ModelFileError
+from ..errors import InferenceError, MissingDependencyError, ModelFileError, require_module
 from .base import Runtime, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,7 @@ class OnnxRuntimeConfig(BaseModel):
 
 
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingDependencyError("The onnxruntime backend", "onnx", module="onnxruntime", detail=str(exc))
-    return onnxruntime
+    return require_module("onnxruntime", "The onnxruntime backend", "onnx")
 
 
 class OnnxRuntimeRunner(Runtime):

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import MissingDependencyError, ModelFileError
+from ..errors import ModelFileError, require_module
 from .base import Runtime, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,8 @@ class TensorRTConfig(BaseModel):
 
 
 def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "The tensorrt backend", "tensorrt", module="TensorRT",
-            detail="%s; TensorRT comes from JetPack: create the venv with --system-site-packages" % exc)
-    return tensorrt
+    return require_module("tensorrt", "The tensorrt backend", "tensorrt", package="TensorRT",
+                          hint="TensorRT comes from JetPack: create the venv with --system-site-packages")
 
 
 def make_logger(trt):
