@@ -145,8 +145,15 @@ def test_agent_killed_mid_stream_loses_nothing_committed(tmp_path):
         {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 100, "loop": True}}])
     db = str(tmp_path / "outbox.db")
     proc = start_agent(cfg)
+
+    def committed_count():
+        try:
+            return len(outbox_rows(db, "result"))
+        except sqlite3.OperationalError:  # the file exists but the agent is still creating its tables
+            return 0
+
     end = time.time() + 30
-    while time.time() < end and (not os.path.exists(db) or len(outbox_rows(db, "result")) < 50):
+    while time.time() < end and (not os.path.exists(db) or committed_count() < 50):
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
