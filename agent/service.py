@@ -273,42 +273,34 @@ class Agent(object):
 
     # -- stats -----------------------------------------------------------------------------------------------
     def stats_payload(self, elapsed: float) -> Dict[str, Any]:
-        counters = self.outbox.counters()
-        inf = list(self.inference_ms)
-        c2p = list(self.publisher.capture_to_publish_ms)
-        c2a = list(self.publisher.capture_to_ack_ms)
-        return payloads.stats(self.cfg.device_id, {
-            "uptime_s": round(time.time() - self.started, 1),
-            "frames": self.processed, "fps": round(self._fps_window(elapsed), 3),
-            "inference_ms": {"p50": decisions.percentile(inf, 50), "p95": decisions.percentile(inf, 95)},
-            "capture_to_publish_ms": {"p50": decisions.percentile(c2p, 50), "p95": decisions.percentile(c2p, 95)},
-            "capture_to_ack_ms": {"p50": decisions.percentile(c2a, 50), "p95": decisions.percentile(c2a, 95)},
-            "cameras": {c.name: c.stats() for c in self.captures},
-            "dropped_frames": sum(c.dropped for c in self.captures),
-            "outbox": {"depth": self.outbox.depth(), "bytes": self.outbox.bytes, "inflight": self.publisher.inflight(),
-                       "counters": counters},
-            "samples": {"sent": self.samples_sent, "skipped": self.samples_skipped,
-                        "evicted": counters.get("evicted_sample", 0) + counters.get("dropped_sample", 0)},
-            "counts": dict(self.counts), "rss_bytes": rss_bytes(),
-            "mqtt": {"connected": self.link.connected.is_set(), "connects": self.link.connects,
-                     "last_error": self.link.last_error},
-        })
+        """The ``stats`` message: the live snapshot plus what only the periodic report carries (fps over the
+        period, per-class counts since the last report, in-flight messages, MQTT link details)."""
+        fps = round(self._fps_window(elapsed), 3)
+        body = self.metrics_snapshot()
+        counters = body["outbox"]["counters"]
+        body["outbox"]["inflight"] = self.publisher.inflight()
+        body["samples"]["evicted"] = counters.get("evicted_sample", 0) + counters.get("dropped_sample", 0)
+        body.update(fps=fps, counts=dict(self.counts),
+                    mqtt={"connected": body.pop("mqtt_connected"), "connects": self.link.connects,
+                          "last_error": self.link.last_error})
+        return payloads.stats(self.cfg.device_id, body)
 
     _last_frames = 0
     _last_fps = 0.0
 
     def metrics_snapshot(self) -> Dict[str, Any]:
-        """Live numbers for /metrics, read without side effects (the stats period is not reset)."""
-        counters = self.outbox.counters()
-        inf, c2p = list(self.inference_ms), list(self.publisher.capture_to_publish_ms)
-        c2a = list(self.publisher.capture_to_ack_ms)
-        return {"frames": self.processed, "fps": self._last_fps,
-                "inference_ms": {"p50": decisions.percentile(inf, 50), "p95": decisions.percentile(inf, 95)},
-                "capture_to_publish_ms": {"p50": decisions.percentile(c2p, 50), "p95": decisions.percentile(c2p, 95)},
-                "capture_to_ack_ms": {"p50": decisions.percentile(c2a, 50), "p95": decisions.percentile(c2a, 95)},
+        """Live numbers for /metrics (and the base of ``stats``), read without side effects."""
+        def pct(values) -> Dict[str, Optional[float]]:
+            data = list(values)
+            return {"p50": decisions.percentile(data, 50), "p95": decisions.percentile(data, 95)}
+
+        return {"frames": self.processed, "fps": self._last_fps, "inference_ms": pct(self.inference_ms),
+                "capture_to_publish_ms": pct(self.publisher.capture_to_publish_ms),
+                "capture_to_ack_ms": pct(self.publisher.capture_to_ack_ms),
                 "dropped_frames": sum(c.dropped for c in self.captures),
                 "cameras": {c.name: c.stats() for c in self.captures},
-                "outbox": {"depth": self.outbox.depth(), "bytes": self.outbox.bytes, "counters": counters},
+                "outbox": {"depth": self.outbox.depth(), "bytes": self.outbox.bytes,
+                           "counters": self.outbox.counters()},
                 "samples": {"sent": self.samples_sent, "skipped": self.samples_skipped},
                 "mqtt_connected": self.link.connected.is_set(), "rss_bytes": rss_bytes(),
                 "uptime_s": round(time.time() - self.started, 1)}

@@ -9,6 +9,6 @@ def tensorrt_version() -> Optional[str]:
     """The importable TensorRT's version, or None."""
     try:
         import tensorrt as trt
-    except Exception:
+    except Exception:  # absent, or a broken system install: either way no engine can be built here
         return None
     return str(getattr(trt, "__version__", "unknown"))
