@@ -3,9 +3,12 @@
 Errors name the field and its line and say what is allowed; unknown keys are errors (typos must not pass
 silently); secrets come from a file or the environment and are never logged or echoed.
 """
+import json
 import os
 import socket
 from typing import Any, Dict, List, Optional, Tuple, Union
+
+from typing_extensions import Annotated, Literal  # pydantic's own dependency; typing has them from 3.9 only
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -54,6 +57,20 @@ class SourceConfig(_Strict):
 class CameraConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="used in MQTT topics")
     source: SourceConfig
+    # polygons blacked out in every sample before it leaves the device (never changed over MQTT)
+    privacy_masks: List[List[Tuple[float, float]]] = Field(default_factory=list)
+    mask_units: Literal["pixels", "relative"] = "pixels"
+
+    @model_validator(mode="after")
+    def _polygons(self) -> "CameraConfig":
+        for i, poly in enumerate(self.privacy_masks):
+            if len(poly) < 3:
+                raise ValueError("privacy_masks[%d] needs at least 3 points [x, y], got %d" % (i, len(poly)))
+            if self.mask_units == "relative" and not all(0 <= c <= 1 for pt in poly for c in pt):
+                raise ValueError("privacy_masks[%d]: relative coordinates lie in [0, 1]" % i)
+            if self.mask_units == "pixels" and not all(c >= 0 for pt in poly for c in pt):
+                raise ValueError("privacy_masks[%d]: pixel coordinates are >= 0" % i)
+        return self
 
 
 class ThresholdsConfig(_Strict):
@@ -122,12 +139,82 @@ class OutboxConfig(_Strict):
     max_attempts: int = Field(5, ge=1, description="broker refusals before a message is dead-lettered")
 
 
-class SamplesConfig(_Strict):
+class _Strategy(_Strict):
+    name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$",
+                                description="the sample's reason (default: the type); needed for two of a type")
+    per_minute: Optional[int] = Field(None, ge=0)
+    per_hour: Optional[int] = Field(None, ge=0)
+    per_day: Optional[int] = Field(None, ge=0)
+
+
+class LowConfidence(_Strategy):
+    type: Literal["low_confidence"]
+
+
+class NearThreshold(_Strategy):
+    type: Literal["near_threshold"]
+    band: float = Field(0.05, gt=0, le=1)
+
+
+class Margin(_Strategy):
+    type: Literal["margin"]
+    max_margin: float = Field(0.1, gt=0, le=1)
+
+
+class RandomBaseline(_Strategy):
+    type: Literal["random"]
+    rate: float = Field(0.01, ge=0, le=1, description="fraction of accepted frames")
+
+
+class ClassTarget(_Strategy):
+    type: Literal["class_target"]
+    classes: List[str] = Field(default_factory=list)
+    min_per_day: Optional[int] = Field(None, ge=1, description="favour classes with fewer samples in 24 h")
+
+    @model_validator(mode="after")
+    def _something(self) -> "ClassTarget":
+        if not self.classes and self.min_per_day is None:
+            raise ValueError("class_target needs 'classes' or 'min_per_day'")
+        return self
+
+
+Strategy = Annotated[Union[LowConfidence, NearThreshold, Margin, RandomBaseline, ClassTarget],
+                     Field(discriminator="type")]
+
+
+class DedupConfig(_Strict):
     enabled: bool = True
-    max_per_minute: int = Field(6, ge=0)
-    min_gap: float = Field(5.0, ge=0)
+    max_distance: int = Field(4, ge=0, le=32, description="pHash bits that may differ for a near-duplicate")
+    window: int = Field(32, ge=1, le=4096, description="recent samples per camera compared with")
+    ttl: float = Field(3600.0, gt=0, description="seconds a sample's hash is remembered")
+
+
+class SamplingPolicy(_Strict):
+    """What becomes a sample. The ``samples`` section of the YAML, or a retained JSON message on
+    ``<prefix>/<device>/config/sampling`` that replaces it at run time (docs/sampling.md)."""
+
+    enabled: bool = True
+    strategies: List[Strategy] = Field(default_factory=lambda: [LowConfidence(type="low_confidence")],
+                                       min_length=1)
+    max_per_minute: Optional[int] = Field(6, ge=0, description="device-wide cap")
+    max_per_hour: Optional[int] = Field(None, ge=0)
+    max_per_day: Optional[int] = Field(None, ge=0)
+    min_gap: float = Field(5.0, ge=0, description="seconds between two samples")
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
     max_bytes: int = Field(128 * 1024, ge=4096, le=256 * 1024, description="whole MQTT payload, JPEG included")
     jpeg_quality: int = Field(85, ge=10, le=100)
+
+    @field_validator("strategies")
+    @classmethod
+    def _unique_reasons(cls, v: List[Any]) -> List[Any]:
+        names = [s.name or s.type for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError("two strategies report the same reason %s: give one a 'name'" % ", ".join(dup))
+        return v
+
+
+SamplesConfig = SamplingPolicy
 
 
 class StatsConfig(_Strict):
@@ -181,6 +268,21 @@ class AgentConfig(_Strict):
         return v
 
 
+_STRATEGY_TYPES = ("low_confidence", "near_threshold", "margin", "random", "class_target")
+
+
+def _yaml_locs(errors: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """pydantic puts the tag of a tagged union into the location (strategies.0.margin.band); YAML has no such key."""
+    out = []
+    for e in errors:
+        loc = list(e["loc"])
+        for i in range(len(loc) - 1, 1, -1):
+            if loc[i - 2] == "strategies" and isinstance(loc[i - 1], int) and loc[i] in _STRATEGY_TYPES:
+                del loc[i]
+        out.append(dict(e, loc=tuple(loc)))
+    return out
+
+
 def _line_of(root: Optional[yaml.Node], loc: Tuple[Any, ...]) -> Optional[int]:
     """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
     node, line = root, (root.start_mark.line + 1 if root is not None else None)
@@ -216,7 +318,7 @@ def load_config(path: str) -> AgentConfig:
     try:
         cfg = AgentConfig(**data)
     except ValidationError as exc:
-        problems, field = validation_problems(exc.errors(), lambda loc: _line_of(root, loc))
+        problems, field = validation_problems(_yaml_locs(exc.errors()), lambda loc: _line_of(root, loc))
         raise ConfigError("invalid config: %s. Every key: docs/agent-config.md" % problems, file=path, field=field)
     try:
         check_files(cfg)
@@ -250,3 +352,28 @@ def read_password(cfg: MqttConfig) -> Optional[str]:
             raise ConfigError("environment variable %s is not set" % cfg.password_env, field="mqtt.password_env")
         return value
     return None
+
+
+MAX_POLICY_BYTES = 64 * 1024
+
+
+def parse_policy(payload: bytes) -> SamplingPolicy:
+    """A sampling policy from the fleet: a JSON object with the keys of the ``samples`` section (and optionally
+    ``"v": 1``). Keys left out take their defaults. Raises ConfigError naming the field."""
+    where = "config/sampling payload"
+    if len(payload) > MAX_POLICY_BYTES:
+        raise ConfigError("is %d bytes; at most %d" % (len(payload), MAX_POLICY_BYTES), file=where)
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError("is not JSON (%s)" % exc, file=where)
+    if not isinstance(data, dict):
+        raise ConfigError("must be a JSON object with the keys of the samples section", file=where)
+    version = data.pop("v", 1)
+    if version != 1:
+        raise ConfigError("has schema version %r; this agent understands 1" % (version,), file=where, field="v")
+    try:
+        return SamplingPolicy(**data)
+    except ValidationError as exc:
+        problems, field = validation_problems(_yaml_locs(exc.errors()), lambda loc: None)
+        raise ConfigError("invalid sampling policy: %s" % problems, file=where, field=field)

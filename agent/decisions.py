@@ -1,9 +1,8 @@
-"""Pure decisions of the pipeline: thresholds, state hysteresis, publish-on-change, sample rate limits.
+"""Pure decisions of the pipeline: thresholds, state hysteresis, publish-on-change (sampling: ``sampling.py``).
 
 No I/O, no clocks read here: every function takes the time it needs, so each is unit-tested without devices.
 """
-from collections import deque
-from typing import Deque, Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 
 def threshold_for(label: str, default: float, per_class: Mapping[str, float]) -> float:
@@ -63,30 +62,6 @@ class PublishGate(object):
             return False
         self._last, self._last_time = key, now
         return True
-
-
-class RateLimiter(object):
-    """At most ``per_minute`` events in any 60 s window and at least ``min_gap`` seconds between two events."""
-
-    def __init__(self, per_minute: int, min_gap: float = 0.0) -> None:
-        self.per_minute = int(per_minute)
-        self.min_gap = float(min_gap)
-        self._times: Deque[float] = deque()
-
-    def allow(self, now: float) -> bool:
-        while self._times and now - self._times[0] >= 60.0:
-            self._times.popleft()
-        if self.per_minute <= 0 or len(self._times) >= self.per_minute:
-            return False
-        if self._times and now - self._times[-1] < self.min_gap:
-            return False
-        self._times.append(now)
-        return True
-
-
-def low_confidence(score: float, threshold: float) -> bool:
-    """First sampling strategy: the top score is below the class threshold."""
-    return score < threshold
 
 
 def percentile(values, q: float) -> Optional[float]:

@@ -47,8 +47,11 @@ def render(snap: Dict[str, Any]) -> str:
     metric("outbox_events_total", "counter", "Outbox events: sent, evicted, dropped, dead-lettered, by kind.",
            [({"event": e.split("_", 1)[0], "kind": e.split("_", 1)[1] if "_" in e else ""}, v)
             for e, v in sorted(snap["outbox"]["counters"].items())])
-    metric("samples_total", "counter", "Samples by outcome.",
-           [({"outcome": k}, v) for k, v in sorted(snap["samples"].items())])
+    samples = snap["samples"]
+    metric("samples_total", "counter", "Samples sent, by reason (sampling strategy).",
+           [({"reason": k}, v) for k, v in sorted(samples["by_reason"].items())])
+    metric("samples_skipped_total", "counter", "Frames a strategy wanted but did not send: quota, cap, min_gap, "
+           "duplicate, too_large, outbox_full.", [({"why": k}, v) for k, v in sorted(samples["skipped_by"].items())])
     metric("mqtt_connected", "gauge", "1 while connected to the broker.", [({}, 1 if snap["mqtt_connected"] else 0)])
     metric("rss_bytes", "gauge", "Resident memory of the agent.", [({}, snap.get("rss_bytes"))])
     metric("uptime_seconds", "gauge", "Seconds since the agent started.", [({}, snap["uptime_s"])])

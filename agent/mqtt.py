@@ -35,6 +35,8 @@ class MqttLink(object):
         self.connects = 0
         self.last_error: Optional[str] = None
         self.kick = threading.Event()  # set on every ack: wakes the publisher
+        self.subscriptions: Dict[str, int] = {}  # topic -> QoS, (re)subscribed on every connect
+        self.messages: "queue.Queue[Tuple[str, bytes]]" = queue.Queue(maxsize=64)  # read by the main loop
         self._stopping = False
         mqtt = _paho()
         self._mqtt = mqtt
@@ -56,6 +58,7 @@ class MqttLink(object):
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_message = self._on_message
 
     # -- paho callbacks (network thread, paho's lock held: no disk work) --------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -68,6 +71,8 @@ class MqttLink(object):
         self.last_error = None
         client.publish(self.status_topic, payloads.encode(payloads.status("online", self.device_id)), qos=1,
                        retain=True)
+        for topic, qos in self.subscriptions.items():  # clean session: subscribe again; retained ones come back
+            client.subscribe(topic, qos=qos)
         self.connected.set()
         self.kick.set()
         log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
@@ -81,6 +86,12 @@ class MqttLink(object):
         failed = bool(getattr(reason_code, "is_failure", False))
         self.acks.put((mid, 1 if failed else 0, str(reason_code) if failed else ""))
         self.kick.set()
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            self.messages.put_nowait((message.topic, bytes(message.payload)))
+        except queue.Full:
+            log.warning("dropped a message on %s: the agent has %d unread", message.topic, self.messages.qsize())
 
     # -- control ---------------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -55,3 +55,10 @@ def sample(device_id: str, camera: str, model: Dict[str, str], reason: str, labe
             "threshold": threshold, "top_k": top_k, "result_id": result_id,
             "image": {"format": "jpeg", "width": width, "height": height,
                       "data": base64.b64encode(jpeg).decode("ascii")}}
+
+
+def policy_status(device_id: str, state: str, source: str, policy: Dict[str, Any],
+                  error: Optional[str] = None) -> Dict[str, Any]:
+    """Retained on ``config/sampling/status``: the sampling policy in force (and the last rejection, if any)."""
+    return {"v": SCHEMA_VERSION, "id": str(uuid.uuid4()), "device": device_id, "ts": _iso(time.time()),
+            "state": state, "source": source, "error": error, "policy": policy}

@@ -8,6 +8,8 @@ with a timeout; SIGTERM sets it, the pipeline stops taking frames, the outbox is
 import logging
 import os
 import platform
+import queue
+import random
 import threading
 import time
 from collections import deque
@@ -16,13 +18,13 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..calibration.preprocess import preprocess
-from ..errors import InferenceError, PackageError
+from ..errors import ConfigError, InferenceError, PackageError
 from ..runtimes.base import Runtime
 from ..runtimes.package import Artifact, ModelPackage
 from ..runtimes.postprocess import to_probabilities, top_k
 from ..runtimes.registry import is_installed
-from . import decisions, payloads
-from .config import AgentConfig, read_password
+from . import decisions, payloads, sampling
+from .config import AgentConfig, SamplingPolicy, parse_policy, read_password
 from .mqtt import MqttLink, Publisher
 from .outbox import Outbox
 from .samples import jpeg_budget, jpeg_within
@@ -85,7 +87,12 @@ class Agent(object):
         self.inference_ms: Deque[float] = deque(maxlen=2000)
         self.counts: Dict[str, int] = {}
         self.samples_sent = 0
-        self.samples_skipped = 0
+        self.classes: Dict[str, Dict[str, Any]] = {}  # drift: per-class count + confidence histogram per report
+        self.sampler = sampling.Sampler(cfg.samples)
+        self.policy_source = "config"
+        self._policy_payload: Optional[bytes] = None
+        self._masks: Dict[str, Tuple[Tuple[int, int], Optional[np.ndarray]]] = {}
+        self._rng = random.Random()
         self.results_published = 0
         self.pkg: Optional[ModelPackage] = None
         self.rt: Optional[Runtime] = None
@@ -136,7 +143,9 @@ class Agent(object):
         self.outbox, self.link, self.publisher, self.captures = outbox, link, publisher, caps
         trackers = {c.name: decisions.StateTracker(cfg.thresholds.hysteresis) for c in cfg.cameras}
         gates = {c.name: decisions.PublishGate(cfg.mqtt.publish_mode, cfg.mqtt.min_interval) for c in cfg.cameras}
-        limiter = decisions.RateLimiter(cfg.samples.max_per_minute, cfg.samples.min_gap)
+        self.policy_topic = payloads.topic(cfg.mqtt.topic_prefix, cfg.device_id, "config", "sampling")
+        link.subscriptions[self.policy_topic] = 1
+        self._report_policy(outbox, "applied")
         link.start()
         publisher.start()
         for cap in caps:
@@ -152,6 +161,7 @@ class Agent(object):
         try:
             while not stop.is_set():
                 self._check_threads(caps, publisher)
+                self._read_messages(outbox)
                 progressed = False
                 for cap, cam in zip(caps, cfg.cameras):
                     if max_frames is not None and self.processed >= max_frames:
@@ -159,7 +169,7 @@ class Agent(object):
                     frame = cap.take(timeout=0.05 if len(caps) == 1 else 0.01)
                     if frame is None:
                         continue
-                    self.process(cam.name, frame, outbox, trackers[cam.name], gates[cam.name], limiter)
+                    self.process(cam.name, frame, outbox, trackers[cam.name], gates[cam.name])
                     publisher.wake()
                     progressed = True
                 if progressed or all(c.state in ("reconnecting", "ended") for c in caps):
@@ -209,7 +219,7 @@ class Agent(object):
 
     # -- per frame -------------------------------------------------------------------------------------------
     def process(self, camera: str, frame: Frame, outbox: Outbox, tracker: decisions.StateTracker,
-                gate: decisions.PublishGate, limiter: decisions.RateLimiter) -> None:
+                gate: decisions.PublishGate) -> None:
         assert self.pkg is not None and self.rt is not None
         cfg, m = self.cfg, self.pkg.manifest
         t0 = time.perf_counter()
@@ -244,32 +254,94 @@ class Agent(object):
             outbox.put("state", payloads.topic(prefix, dev, camera, "state"),
                        payloads.encode(payloads.state(dev, camera, changed, best.score, frame.captured)), qos=1,
                        retain=True, captured=frame.captured)
-        if cfg.samples.enabled and decisions.low_confidence(best.score, threshold):
-            if limiter.allow(time.monotonic()):
-                self._sample(camera, frame, outbox, best, threshold, topk, result)
-            else:
-                self.samples_skipped += 1
+        sampling.drift_add(self.classes, best.label, best.score)
+        second = float(np.partition(probs, -2)[-2]) if probs.size > 1 else 0.0
+        mono = time.monotonic()
+        decision = self.sampler.decide(best.label, best.score, second, threshold, accepted, mono, self._rng.random())
+        if decision.reason is not None:
+            self._sample(camera, frame, outbox, decision.reason, best, threshold, topk, result, mono)
+        elif decision.skipped is not None:
+            self.sampler.skip(decision.skipped)
         log.debug("%s frame %d: %s %.3f (%s) in %.1f ms", camera, frame.seq, best.label, best.score,
                   "accepted" if accepted else "uncertain", 1000.0 * (time.perf_counter() - t0))
 
-    def _sample(self, camera: str, frame: Frame, outbox: Outbox, best, threshold: float,
-                topk: List[Dict[str, Any]], result: Optional[Dict[str, Any]]) -> None:
-        cfg = self.cfg
-        budget = jpeg_budget(cfg.samples.max_bytes, 2048)
-        enc = jpeg_within(frame.image, frame.color, budget, cfg.samples.jpeg_quality)
+    def _mask_for(self, camera: str, height: int, width: int) -> Optional[np.ndarray]:
+        cached = self._masks.get(camera)
+        if cached is not None and cached[0] == (height, width):
+            return cached[1]
+        cam = next(c for c in self.cfg.cameras if c.name == camera)
+        mask = None
+        if cam.privacy_masks:
+            polys = sampling.scale_polygons(cam.privacy_masks, cam.mask_units == "relative", height, width)
+            mask = sampling.polygon_mask(height, width, polys)
+        self._masks[camera] = ((height, width), mask)
+        return mask
+
+    def _sample(self, camera: str, frame: Frame, outbox: Outbox, reason: str, best, threshold: float,
+                topk: List[Dict[str, Any]], result: Optional[Dict[str, Any]], now: float) -> None:
+        """Mask, skip near-duplicates, JPEG under the byte budget, commit; the quotas count only what was sent."""
+        policy = self.sampler.policy
+        image = sampling.apply_mask(frame.image, self._mask_for(camera, *frame.image.shape[:2]))
+        h = sampling.phash(image) if policy.dedup.enabled else None
+        if h is not None and self.sampler.is_duplicate(camera, h, now):
+            self.sampler.skip("duplicate")
+            return
+        enc = jpeg_within(image, frame.color, jpeg_budget(policy.max_bytes, 2048), policy.jpeg_quality)
         if enc is None:
-            self.samples_skipped += 1
+            self.sampler.skip("too_large")
             return
-        jpeg, w, h = enc
-        body = payloads.encode(payloads.sample(cfg.device_id, camera, self.model_info, "low_confidence", best.label,
-                                               best.score, threshold, topk, frame.captured, jpeg, w, h,
+        jpeg, w, h_px = enc
+        body = payloads.encode(payloads.sample(self.cfg.device_id, camera, self.model_info, reason, best.label,
+                                               best.score, threshold, topk, frame.captured, jpeg, w, h_px,
                                                result["id"] if result else None))
-        if len(body) > cfg.samples.max_bytes:  # the JSON around the image was larger than reserved
-            self.samples_skipped += 1
+        if len(body) > policy.max_bytes:  # the JSON around the image was larger than reserved
+            self.sampler.skip("too_large")
             return
-        if outbox.put("sample", payloads.topic(cfg.mqtt.topic_prefix, cfg.device_id, camera, "sample"), body,
-                      qos=1, captured=frame.captured) is not None:
-            self.samples_sent += 1
+        if outbox.put("sample", payloads.topic(self.cfg.mqtt.topic_prefix, self.cfg.device_id, camera, "sample"),
+                      body, qos=1, captured=frame.captured) is None:
+            self.sampler.skip("outbox_full")
+            return
+        self.sampler.commit(camera, reason, best.label, h, now)
+        self.samples_sent += 1
+
+    # -- the sampling policy from the fleet ------------------------------------------------------------------
+    def _read_messages(self, outbox: Outbox) -> None:
+        for _ in range(8):
+            try:
+                topic, payload = self.link.messages.get_nowait()
+            except queue.Empty:
+                return
+            if topic == self.policy_topic:
+                self.apply_policy_message(payload, outbox)
+
+    def apply_policy_message(self, payload: bytes, outbox: Outbox) -> None:
+        """A retained policy replaces the ``samples`` section; an empty one restores the YAML's; an invalid one
+        is reported on ``config/sampling/status`` and the policy in force stays. Never raises on the payload."""
+        if payload == self._policy_payload:
+            return  # the retained copy again, after a reconnect
+        self._policy_payload = payload
+        if not payload:
+            policy, source = self.cfg.samples, "config"
+        else:
+            try:
+                policy, source = parse_policy(payload), "fleet"
+            except ConfigError as exc:
+                log.warning("sampling policy on %s rejected (the policy in force stays): %s", self.policy_topic, exc)
+                self._report_policy(outbox, "rejected", str(exc))
+                return
+        self._set_policy(policy, source)
+        log.info("sampling policy from %s applied", "the fleet" if source == "fleet" else "the config")
+        self._report_policy(outbox, "applied")
+
+    def _set_policy(self, policy: SamplingPolicy, source: str) -> None:
+        fresh = sampling.Sampler(policy)
+        fresh.carry_over(self.sampler)
+        self.sampler, self.policy_source = fresh, source
+
+    def _report_policy(self, outbox: Outbox, state: str, error: Optional[str] = None) -> None:
+        body = payloads.policy_status(self.cfg.device_id, state, self.policy_source,
+                                      self.sampler.policy.model_dump(mode="json"), error)
+        outbox.put("state", self.policy_topic + "/status", payloads.encode(body), qos=1, retain=True)
 
     # -- stats -----------------------------------------------------------------------------------------------
     def stats_payload(self, elapsed: float) -> Dict[str, Any]:
@@ -280,7 +352,7 @@ class Agent(object):
         counters = body["outbox"]["counters"]
         body["outbox"]["inflight"] = self.publisher.inflight()
         body["samples"]["evicted"] = counters.get("evicted_sample", 0) + counters.get("dropped_sample", 0)
-        body.update(fps=fps, counts=dict(self.counts),
+        body.update(fps=fps, counts=dict(self.counts), classes=self.classes,
                     mqtt={"connected": body.pop("mqtt_connected"), "connects": self.link.connects,
                           "last_error": self.link.last_error})
         return payloads.stats(self.cfg.device_id, body)
@@ -301,7 +373,9 @@ class Agent(object):
                 "cameras": {c.name: c.stats() for c in self.captures},
                 "outbox": {"depth": self.outbox.depth(), "bytes": self.outbox.bytes,
                            "counters": self.outbox.counters()},
-                "samples": {"sent": self.samples_sent, "skipped": self.samples_skipped},
+                "samples": {"sent": self.samples_sent, "skipped": sum(self.sampler.skipped.values()),
+                            "by_reason": dict(self.sampler.taken), "skipped_by": dict(self.sampler.skipped),
+                            "policy": self.policy_source},
                 "mqtt_connected": self.link.connected.is_set(), "rss_bytes": rss_bytes(),
                 "uptime_s": round(time.time() - self.started, 1)}
 
@@ -314,5 +388,5 @@ class Agent(object):
         body = self.stats_payload(elapsed)
         outbox.put("stats", payloads.topic(self.cfg.mqtt.topic_prefix, self.cfg.device_id, "stats"),
                    payloads.encode(body), qos=0)
-        self.counts = {}
+        self.counts, self.classes = {}, {}
         self.notifier.status("%d frames, %.1f fps, outbox %d" % (self.processed, body["fps"], body["outbox"]["depth"]))

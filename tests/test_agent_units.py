@@ -45,14 +45,6 @@ def test_publish_gate():
     assert change.should_publish("a", False, 11)
 
 
-def test_rate_limiter_per_minute_and_gap():
-    r = decisions.RateLimiter(per_minute=3, min_gap=2.0)
-    assert r.allow(0.0) and not r.allow(1.0) and r.allow(2.0) and r.allow(4.0)
-    assert not r.allow(10.0)  # 3 in the last minute
-    assert r.allow(60.5)  # the first one left the window
-    assert not decisions.RateLimiter(per_minute=0).allow(0.0)
-
-
 def test_percentile():
     assert decisions.percentile([], 50) is None
     assert decisions.percentile([3, 1, 2], 50) == 2 and decisions.percentile(range(101), 95) == 95
