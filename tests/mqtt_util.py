@@ -140,7 +140,7 @@ def agent_config(tmp_path, port: int, **over) -> str:
         "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min": 1, "reconnect_max": 2},
         "outbox": {"path": str(tmp_path / "outbox.db")},
         "stats": {"interval": 1},
-        "samples": {"max_per_minute": 1000, "min_gap": 0},
+        "samples": {"max_per_minute": 1000, "min_gap": 0, "dedup": {"enabled": False}},
     }
     cfg.update(over)
     path = tmp_path / "agent.yaml"
@@ -152,3 +152,17 @@ def start_agent(config: str, *args, env=None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "edgesight", "agent", "--config", config] + list(args),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
                             env=dict(os.environ, **(env or {})))
+
+
+def publish(port: int, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:
+    """One message, confirmed by the broker (QoS 1), from a throwaway MQTT 5 client."""
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", port, keepalive=10)
+    c.loop_start()
+    try:
+        c.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()
