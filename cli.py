@@ -7,12 +7,13 @@ Device-side too (``edgesight agent`` runs here): keep it Python 3.8-compatible.
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import __version__
-from .errors import EdgesightError
+from .errors import ConfigError, EdgesightError
 
 log = logging.getLogger("edgesight")
 
@@ -82,7 +83,6 @@ def _human(n: int) -> str:
 
 # -- package create --------------------------------------------------------------------------------------------
 def cmd_package_create(args: argparse.Namespace) -> int:
-    import os
 
     from .converters.package_builder import create_fp32_package, read_labels, read_preprocess
     from .runtimes.registry import is_installed
@@ -102,8 +102,6 @@ def cmd_package_create(args: argparse.Namespace) -> int:
 
 # -- classify --------------------------------------------------------------------------------------------------
 def cmd_classify(args: argparse.Namespace) -> int:
-    import os
-
     import numpy as np
 
     from .calibration.images import list_images, load_image
@@ -173,8 +171,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 # -- convert ---------------------------------------------------------------------------------------------------
 def cmd_convert(args: argparse.Namespace) -> int:
-    import os
-
     from .calibration.preprocess import PreprocessSpec
     from .converters.convert import TARGETS, ConvertOptions, Progress, convert, default_spec
     from .converters.onnx_model import read_interface
@@ -239,8 +235,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # -- engine --------------------------------------------------------------------------------------------------
 def cmd_engine_build(args: argparse.Namespace) -> int:
     """Prebuild the TensorRT engine on one device and write it into the package (for a uniform fleet)."""
-    import os
-
     from .converters.package_builder import write_manifest
     from .runtimes.package import Artifact, Manifest, ModelPackage, sha256_file
     from .runtimes.tensorrt_build import build_engine
@@ -371,6 +365,78 @@ def cmd_agent(args: argparse.Namespace) -> int:
         notifier.close()
 
 
+# -- collect (fleet) -------------------------------------------------------------------------------------------
+def cmd_collect(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .fleet.collector import CollectOptions, Collector
+
+    password = None
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.read().strip("\r\n")
+        except OSError as exc:
+            raise ConfigError("cannot read the password file (%s)" % exc.strerror, file=args.password_file,
+                              field="--password-file")
+    elif args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise ConfigError("environment variable %s is not set" % args.password_env, field="--password-env")
+    if (password is not None) and not args.username:
+        raise ConfigError("a password needs --username", field="--username")
+    if args.verbose == 0 and not args.quiet:
+        logging.getLogger("edgesight").setLevel(logging.INFO)
+    opts = CollectOptions(dataset=args.dataset, host=args.host, port=args.port, topic_prefix=args.topic_prefix,
+                          group=args.group, client_id=args.client_id, username=args.username, password=password,
+                          tls=args.tls, ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+                          session_expiry=args.session_expiry, max_bytes=args.max_bytes,
+                          progress_interval=args.progress_interval, max_samples=args.max_samples,
+                          idle_exit=args.idle_exit)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("signal %d: finishing the current batch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    summary = Collector(opts).run(stop)
+    if args.json:
+        _out(json.dumps(summary, indent=1))
+    else:
+        _out("stored %d, duplicates %d, rejected %d (dataset %s now holds %d samples)"
+             % (summary["stored"], summary["duplicates"], summary["rejected"], summary["dataset"],
+                summary["dataset_total"]))
+    return 0
+
+
+def cmd_collect_export(args: argparse.Namespace) -> int:
+    from .fleet.export import export_folder, export_labelstudio
+
+    if args.format == "labelstudio":
+        labels = None
+        if args.labels:
+            try:
+                with open(args.labels, encoding="utf-8") as f:
+                    labels = [ln.strip() for ln in f if ln.strip()]
+            except OSError as exc:
+                raise ConfigError("cannot read the labels file (%s)" % exc.strerror, file=args.labels,
+                                  field="--labels")
+        summary = export_labelstudio(args.dataset, args.out, args.image_root, labels)
+    else:
+        summary = export_folder(args.dataset, args.out)
+    if args.json:
+        _out(json.dumps(summary, indent=1))
+    elif args.format == "labelstudio":
+        _out("%d Label Studio tasks -> %s (labelling interface: %s)" % (summary["tasks"], summary["out"],
+                                                                       summary["label_config"]))
+    else:
+        _out("%d images in %d class folders -> %s" % (summary["images"], len(summary["by_label"]), summary["out"]))
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edgesight", description="Image classifiers on Jetson and Raspberry Pi fleets.")
@@ -482,6 +548,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to keep publishing the outbox after a stop (default 10)")
     p.set_defaults(func=cmd_agent)
 
+    p = sub.add_parser("collect", help="fleet: store every device's samples as a dataset; export it for labelling",
+                       description="edgesight collect [run] DATASET [options] | edgesight collect export DATASET ...")
+    csub = p.add_subparsers(dest="collect_command", metavar="run|export")
+    c = csub.add_parser("run", help="subscribe and store samples (the default: `edgesight collect DATASET`)")
+    c.add_argument("dataset", help="dataset folder (created when missing)")
+    c.add_argument("--host", default="localhost")
+    c.add_argument("--port", type=int, default=1883)
+    c.add_argument("--topic-prefix", default="edgesight")
+    c.add_argument("--group", default="edgesight", help="shared-subscription group: collectors in one group split "
+                   "the samples")
+    c.add_argument("--client-id", help="stable and unique per collector (default edgesight-collect-<host>-<group>)")
+    c.add_argument("--username")
+    c.add_argument("--password-file")
+    c.add_argument("--password-env", help="name of an environment variable holding the password")
+    c.add_argument("--tls", action="store_true", help="TLS with the system CA store")
+    c.add_argument("--ca-file")
+    c.add_argument("--cert-file", help="client certificate (mutual TLS)")
+    c.add_argument("--key-file")
+    c.add_argument("--session-expiry", type=int, default=7 * 86400,
+                   help="seconds the broker keeps this collector's session and queue (default 7 days)")
+    c.add_argument("--max-bytes", type=int, default=1 << 20, help="larger payloads are rejected (default 1 MiB)")
+    c.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
+    c.add_argument("--max-samples", type=int, help="stop after storing this many")
+    c.add_argument("--idle-exit", type=float, help="stop after this many seconds without a message")
+    c.add_argument("--quiet", action="store_true", help="no progress lines")
+    c.add_argument("--json", action="store_true", help="print a JSON summary on exit")
+    c.set_defaults(func=cmd_collect)
+    c = csub.add_parser("export", help="Label Studio tasks or class folders from a collected dataset")
+    c.add_argument("dataset")
+    c.add_argument("--format", choices=("labelstudio", "folder"), required=True)
+    c.add_argument("--out", required=True, help="labelstudio: tasks JSON file; folder: output folder")
+    c.add_argument("--image-root", help="labelstudio: URL prefix of the dataset's files (default: Label Studio "
+                   "local files, /data/local-files/?d=<dataset folder name>/)")
+    c.add_argument("--labels", help="labelstudio: labels file (one per line) for the choices; default: the "
+                   "labels seen in the dataset")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_collect_export)
+    p.set_defaults(func=lambda a: _usage(p))
+
     p = sub.add_parser("classify", help="run a package on image files through one or every installed runtime")
     p.add_argument("package", help="package directory")
     p.add_argument("images", nargs="+", help="image files or folders (sub-folder names = true labels)")
@@ -502,6 +607,11 @@ def _usage(p: argparse.ArgumentParser) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    i = next((k for k, a in enumerate(argv) if not a.startswith("-")), None)
+    if i is not None and argv[i] == "collect" and i + 1 < len(argv) and argv[i + 1] not in (
+            "run", "export", "-h", "--help"):
+        argv.insert(i + 1, "run")  # `edgesight collect DATASET` means `edgesight collect run DATASET`
     args = ap.parse_args(argv)
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")

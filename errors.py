@@ -88,6 +88,12 @@ class ConversionError(EdgesightError):
     exit_code = 7
 
 
+class BrokerError(EdgesightError):
+    """The MQTT broker cannot be reached (``edgesight collect``; the agent itself retries instead)."""
+
+    exit_code = 9
+
+
 # -- formatting helpers shared by every YAML reader (package manifest, agent config, preprocessing spec) ----------
 def field_path(loc: Sequence[Any]) -> str:
     """pydantic's error location as the YAML field a user sees: ``artifacts[1].sha256`` (aliases like ``schema_``

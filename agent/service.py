@@ -6,7 +6,6 @@ with a timeout; SIGTERM sets it, the pipeline stops taking frames, the outbox is
 ``drain_timeout`` seconds (what is not sent stays committed for the next start), and the process exits 0.
 """
 import logging
-import os
 import platform
 import queue
 import random

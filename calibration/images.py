@@ -33,13 +33,14 @@ def load_image(path: str) -> np.ndarray:
 def list_images(folder: str) -> List[Tuple[str, str]]:
     """(path, label) for every image below ``folder``, sorted.
 
-    A flat folder gives label ``""``; one sub-folder per class gives the sub-folder name as label.
+    A flat folder gives label ``""``; one sub-folder per class gives the sub-folder name as label. Folders whose
+    names start with ``_`` or ``.`` are not classes and are skipped (a collected dataset's ``_rejected/``).
     """
     if not os.path.isdir(folder):
         raise ImageError("not a folder of images", file=folder)
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
         rel = os.path.relpath(root, folder)
         label = "" if rel == "." else rel.split(os.sep)[0]
         for name in sorted(files):

@@ -1,0 +1,146 @@
+"""The ``<prefix>/<device>/<camera>/sample`` payload (schema v1, docs/mqtt.md), checked as the collector receives it.
+
+The fleet side depends on nothing but this contract: it never imports the agent. Every check raises
+:class:`Rejected` with a reason a person can act on; the collector files the payload under ``_rejected/``.
+"""
+import base64
+import binascii
+import io
+import json
+import re
+from typing import Any, Dict, List, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import validation_problems
+
+SCHEMA_VERSION = 1
+NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class Rejected(Exception):
+    """A payload the collector does not store; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)  # newer agents may add fields
+
+
+class Model(_Loose):
+    name: str = Field(min_length=1, max_length=200)
+    version: str = Field(min_length=1, max_length=100)
+    sha256: Optional[str] = None
+
+
+class Prediction(_Loose):
+    label: str = Field(min_length=1, max_length=200)
+    score: float = Field(ge=0.0, le=1.0)
+
+
+class Image(_Loose):
+    format: str
+    width: int = Field(ge=1, le=16384)
+    height: int = Field(ge=1, le=16384)
+    data: str = Field(min_length=4)
+
+    @field_validator("format")
+    @classmethod
+    def _jpeg(cls, v: str) -> str:
+        if v != "jpeg":
+            raise ValueError("format must be 'jpeg', got %r" % v)
+        return v
+
+
+class SamplePayload(_Loose):
+    v: int
+    id: str = Field(pattern=r"^[A-Za-z0-9-]{8,64}$")
+    device: str = Field(pattern=NAME)
+    camera: str = Field(pattern=NAME)
+    ts: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+    model: Model
+    reason: str = Field(min_length=1, max_length=64)
+    label: str = Field(min_length=1, max_length=200)
+    score: float = Field(ge=0.0, le=1.0)
+    threshold: Optional[float] = None
+    top_k: List[Prediction] = Field(default_factory=list)
+    result_id: Optional[str] = None
+    image: Image
+
+
+class Sample(object):
+    """A checked sample: the payload's fields and the decoded JPEG."""
+
+    __slots__ = ("payload", "jpeg", "topic")
+
+    def __init__(self, payload: SamplePayload, jpeg: bytes, topic: str) -> None:
+        self.payload, self.jpeg, self.topic = payload, jpeg, topic
+
+
+def parse_sample(topic: str, body: bytes, max_bytes: int = 1 << 20) -> Sample:
+    """The sample in ``body`` received on ``topic``, or :class:`Rejected`."""
+    if len(body) > max_bytes:
+        raise Rejected("payload is %d bytes, over the limit of %d (--max-bytes)" % (len(body), max_bytes))
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Rejected("not JSON: %s" % exc)
+    if not isinstance(data, dict):
+        raise Rejected("not a JSON object")
+    if data.get("v") != SCHEMA_VERSION:
+        raise Rejected("schema version %r; this collector reads %d" % (data.get("v"), SCHEMA_VERSION))
+    try:
+        p = SamplePayload(**data)
+    except ValidationError as exc:
+        raise Rejected("wrong fields: %s" % validation_problems(exc.errors())[0])
+    parts = topic.split("/")
+    if len(parts) < 4 or parts[-1] != "sample" or parts[-3:-1] != [p.device, p.camera]:
+        raise Rejected("topic %s does not match the payload's device %r and camera %r" % (topic, p.device, p.camera))
+    jpeg = _decode_jpeg(p.image)
+    return Sample(p, jpeg, topic)
+
+
+def _decode_jpeg(image: Image) -> bytes:
+    try:
+        jpeg = base64.b64decode(image.data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Rejected("image.data is not base64: %s" % exc)
+    if not jpeg.startswith(b"\xff\xd8"):
+        raise Rejected("image.data is not a JPEG (no SOI marker)")
+    from PIL import Image as PilImage, UnidentifiedImageError
+
+    try:
+        with PilImage.open(io.BytesIO(jpeg)) as im:
+            size = im.size
+            fmt = im.format
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise Rejected("image.data does not open as a JPEG: %s" % exc)
+    if fmt != "JPEG" or size != (image.width, image.height):
+        raise Rejected("image is %s %dx%d, the payload says jpeg %dx%d" % (fmt, size[0], size[1], image.width,
+                                                                          image.height))
+    return jpeg
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9 ._+-]")
+
+
+def folder_name(label: str) -> str:
+    """A class folder for ``label``: the label itself where it is a safe file name, else ``_`` for odd characters
+    (the manifest keeps the exact label). Never starts with ``.`` or ``_`` (those folders are not classes)."""
+    name = _UNSAFE.sub("_", label).strip(" ")
+    if not name or name[0] in "._":
+        name = "c" + name
+    return name[:120]
+
+
+def manifest_record(s: Sample, file: str, sha256: str, received: str, collector: str) -> Dict[str, Any]:
+    p = s.payload
+    return {"id": p.id, "file": file, "sha256": sha256, "device": p.device, "camera": p.camera,
+            "model": {"name": p.model.name, "version": p.model.version, "sha256": p.model.sha256},
+            "reason": p.reason, "label": p.label, "score": p.score, "threshold": p.threshold,
+            "top_k": [{"label": t.label, "score": t.score} for t in p.top_k], "result_id": p.result_id,
+            "width": p.image.width, "height": p.image.height, "captured": p.ts, "received": received,
+            "collector": collector}

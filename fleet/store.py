@@ -1,0 +1,226 @@
+"""The collected dataset on disk: ``DATASET/<label>/<file>.jpg``, one line per sample in ``DATASET/manifest.jsonl``,
+``DATASET/_rejected/`` for payloads that were not stored.
+
+Exactly once, across restarts and across several collectors writing the same folder:
+- the manifest is the record of what is stored; every writer holds an exclusive lock (``.collect.lock``) while it
+  reads what others appended since its last look, decides which of its samples are new (by message id and by the
+  SHA-256 of the JPEG), renames their images into place and appends their lines (one write, then fsync);
+- an image is written to a temporary file, fsynced and renamed, so a file under its final name is complete;
+- the MQTT message is acknowledged only after that, so a collector killed at any point gets the unacknowledged
+  messages again (persistent session) and the manifest tells it which of them it already has.
+A crash can leave an image without a manifest line (renamed, not yet recorded): its message comes again and the
+same file name is reused. A torn last line (a writer killed mid-append) is cut off by the next writer.
+"""
+import base64
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+
+from ..errors import ConfigError
+from .contract import Sample, folder_name, manifest_record
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+REJECTED = "_rejected"
+LOCK = ".collect.lock"
+TMP = ".tmp"
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".%03dZ" % int((ts % 1) * 1000)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: str, data: bytes) -> None:
+    """``data`` at ``path``, complete or not at all: temporary file, fsync, rename (the folder fsync is the
+    caller's, once per batch)."""
+    tmp = "%s.%s%s" % (path, uuid.uuid4().hex[:8], TMP)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_manifest(root: str) -> Iterator[Dict[str, Any]]:
+    """Every complete record of a dataset's manifest (a torn last line is left out)."""
+    path = os.path.join(root, MANIFEST)
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        for line in f:
+            if line.endswith(b"\n") and line.strip():
+                yield json.loads(line.decode("utf-8"))
+
+
+class Dataset(object):
+    def __init__(self, root: str, collector: str = "edgesight-collect") -> None:
+        self.root = os.path.abspath(root)
+        self.collector = collector
+        try:
+            os.makedirs(os.path.join(self.root, REJECTED), exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("cannot create the dataset folder (%s)" % exc.strerror, file=root)
+        if not os.access(self.root, os.W_OK):
+            raise ConfigError("the dataset folder is not writable", file=root)
+        self.manifest_path = os.path.join(self.root, MANIFEST)
+        self._lock_fd = os.open(os.path.join(self.root, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        self._offset = 0
+        self.ids: Set[str] = set()
+        self.hashes: Set[str] = set()
+        self.counts: Dict[str, int] = {}  # label -> samples stored (whole dataset)
+        with self._locked():
+            self._catch_up()
+        self._clean_tmp()
+
+    # -- locking and the manifest ----------------------------------------------------------------------------
+    class _Lock(object):
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def __enter__(self) -> None:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+        def __exit__(self, *exc: Any) -> None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def _locked(self) -> "Dataset._Lock":
+        return Dataset._Lock(self._lock_fd)
+
+    def _catch_up(self) -> None:
+        """Read what was appended since the last look (lock held); cut off a torn last line."""
+        if not os.path.exists(self.manifest_path):
+            return
+        with open(self.manifest_path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # a writer died mid-line: it holds no lock any more, so nobody is writing this
+            log.warning("%s: cutting off an incomplete last line (%d bytes) left by a killed collector",
+                        self.manifest_path, len(data) - end)
+            with open(self.manifest_path, "r+b") as f:
+                f.truncate(self._offset + end)
+                os.fsync(f.fileno())
+        for line in data[:end].splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line.decode("utf-8"))
+            except ValueError:
+                log.warning("%s: skipping an unreadable line", self.manifest_path)
+                continue
+            self.ids.add(rec["id"])
+            self.hashes.add(rec["sha256"])
+            self.counts[rec["label"]] = self.counts.get(rec["label"], 0) + 1
+        self._offset += end
+
+    def _clean_tmp(self) -> None:
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                if name.endswith(TMP):
+                    try:
+                        os.remove(os.path.join(dirpath, name))
+                    except OSError:
+                        pass
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # -- storing ---------------------------------------------------------------------------------------------
+    def file_for(self, s: Sample) -> str:
+        p = s.payload
+        stamp = p.ts.replace("-", "").replace(":", "")
+        return "%s/%s_%s_%s_%s.jpg" % (folder_name(p.label), stamp, p.device, p.camera, p.id)
+
+    def add_batch(self, samples: List[Sample]) -> Tuple[int, int]:
+        """Store the new ones of ``samples``; returns (stored, duplicates). Durable when it returns."""
+        staged = []  # (sample, rel path, tmp path, sha256)
+        for s in samples:
+            if s.payload.id in self.ids:  # known already: no need to write the image at all
+                staged.append((s, None, None, None))
+                continue
+            rel = self.file_for(s)
+            folder = os.path.join(self.root, os.path.dirname(rel))
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(self.root, rel) + "." + uuid.uuid4().hex[:8] + TMP
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, s.jpeg)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            staged.append((s, rel, tmp, hashlib.sha256(s.jpeg).hexdigest()))
+        stored, dupes = 0, 0
+        lines, folders = [], set()
+        received = _iso(time.time())
+        with self._locked():
+            self._catch_up()
+            for s, rel, tmp, digest in staged:
+                if rel is None or s.payload.id in self.ids or digest in self.hashes:
+                    dupes += 1
+                    if tmp is not None:
+                        os.remove(tmp)
+                    continue
+                os.replace(tmp, os.path.join(self.root, rel))
+                folders.add(os.path.dirname(os.path.join(self.root, rel)))
+                rec = manifest_record(s, rel, digest, received, self.collector)
+                lines.append(json.dumps(rec, separators=(",", ":")) + "\n")
+                self.ids.add(s.payload.id)
+                self.hashes.add(digest)
+                self.counts[s.payload.label] = self.counts.get(s.payload.label, 0) + 1
+                stored += 1
+            if lines:
+                for folder in folders:  # the renames are durable before the manifest says the files exist
+                    _fsync_dir(folder)
+                data = "".join(lines).encode("utf-8")
+                fd = os.open(self.manifest_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self._offset += len(data)
+        return stored, dupes
+
+    def reject(self, topic: str, body: bytes, reason: str, keep_bytes: int = 1 << 20) -> str:
+        """File a payload that was not stored under ``_rejected/`` with the reason; returns the file name."""
+        now = time.time()
+        name = "%s_%s.json" % (_iso(now).replace("-", "").replace(":", ""), uuid.uuid4().hex[:12])
+        kept = body[:keep_bytes]
+        try:
+            text: Optional[str] = kept.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        rec = {"reason": reason, "topic": topic, "received": _iso(now), "collector": self.collector,
+               "size": len(body), "truncated": len(body) > keep_bytes}
+        if text is not None:
+            rec["payload"] = text
+        else:
+            rec["payload_base64"] = base64.b64encode(kept).decode("ascii")
+        write_durable(os.path.join(self.root, REJECTED, name), json.dumps(rec, indent=1).encode("utf-8"))
+        _fsync_dir(os.path.join(self.root, REJECTED))
+        return name
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
