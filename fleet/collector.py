@@ -158,14 +158,19 @@ class Collector(object):
                 log.info("nothing received for %.0f s: done", o.idle_exit)
                 break
 
-    def _take(self, n: int, timeout: float) -> List[Tuple[int, int, str, bytes]]:
+    def _take(self, n: int, timeout: float, linger: float = 0.01) -> List[Tuple[int, int, str, bytes]]:
+        """Up to ``n`` messages: waits ``timeout`` for the first, then up to ``linger`` for more. Storing a batch
+        costs a few fsyncs whatever its size, so gathering the messages the broker has in flight (group commit)
+        is what makes the collector fast; the broker sends more only after our acks, so the wait is short."""
         try:
             batch = [self.inbox.get(timeout=timeout)]
         except queue.Empty:
             return []
+        end = time.monotonic() + linger
         while len(batch) < n:
+            left = end - time.monotonic()
             try:
-                batch.append(self.inbox.get_nowait())
+                batch.append(self.inbox.get(timeout=left) if left > 0 else self.inbox.get_nowait())
             except queue.Empty:
                 break
         return batch

@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from ..errors import ConfigError
@@ -44,11 +45,8 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_durable(path: str, data: bytes) -> None:
-    """``data`` at ``path``, complete or not at all: temporary file, fsync, rename (the folder fsync is the
-    caller's, once per batch)."""
-    tmp = "%s.%s%s" % (path, uuid.uuid4().hex[:8], TMP)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+def _write_synced(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -56,6 +54,13 @@ def write_durable(path: str, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_durable(path: str, data: bytes) -> None:
+    """``data`` at ``path``, complete or not at all: temporary file, fsync, rename (the folder fsync is the
+    caller's, once per batch)."""
+    tmp = "%s.%s%s" % (path, uuid.uuid4().hex[:8], TMP)
+    _write_synced(tmp, data)
     os.replace(tmp, path)
 
 
@@ -81,6 +86,7 @@ class Dataset(object):
         if not os.access(self.root, os.W_OK):
             raise ConfigError("the dataset folder is not writable", file=root)
         self.manifest_path = os.path.join(self.root, MANIFEST)
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
         self._lock_fd = os.open(os.path.join(self.root, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         self._offset = 0
         self.ids: Set[str] = set()
@@ -157,16 +163,11 @@ class Dataset(object):
                 staged.append((s, None, None, None))
                 continue
             rel = self.file_for(s)
-            folder = os.path.join(self.root, os.path.dirname(rel))
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(os.path.join(self.root, os.path.dirname(rel)), exist_ok=True)
             tmp = os.path.join(self.root, rel) + "." + uuid.uuid4().hex[:8] + TMP
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, s.jpeg)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             staged.append((s, rel, tmp, hashlib.sha256(s.jpeg).hexdigest()))
+        # the fsyncs overlap in a few threads (they release the GIL; the file system commits them together)
+        list(self._pool.map(lambda st: _write_synced(st[2], st[0].jpeg), [st for st in staged if st[1]]))
         stored, dupes = 0, 0
         lines, folders = [], set()
         received = _iso(time.time())
@@ -187,8 +188,8 @@ class Dataset(object):
                 self.counts[s.payload.label] = self.counts.get(s.payload.label, 0) + 1
                 stored += 1
             if lines:
-                for folder in folders:  # the renames are durable before the manifest says the files exist
-                    _fsync_dir(folder)
+                # the renames are durable before the manifest says the files exist
+                list(self._pool.map(_fsync_dir, sorted(folders)))
                 data = "".join(lines).encode("utf-8")
                 fd = os.open(self.manifest_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 try:
@@ -221,6 +222,7 @@ class Dataset(object):
         return name
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

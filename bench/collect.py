@@ -1,0 +1,145 @@
+"""Collector benchmark: samples stored per second with ~50 KB JPEGs, through a local mosquitto.
+
+    python bench/collect.py [--samples 3000] [--collectors 1] [--rounds 3] [--kb 50]
+
+A publisher (one paho client, QoS 1, 100 in flight) sends pre-built v1 sample payloads from three "devices" as fast
+as the broker takes them; `edgesight collect` runs as its own process (as in production) with --json, and reports
+stored/s from its first to its last stored sample. Every sample is written durably (image fsync + rename, manifest
+fsync per batch) before it is acknowledged. Target (collector issue): >= 300 samples/s on 2 cores. Needs mosquitto.
+Publisher, broker and collector share the machine's cores.
+"""
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from edgesight.agent import payloads  # noqa: E402
+from edgesight.fleet.store import read_manifest  # noqa: E402
+from mqtt_util import Broker  # noqa: E402
+
+MODEL = {"name": "bench", "version": "1", "sha256": "0" * 12}
+
+
+def jpeg_near(kb: int, seed: int) -> bytes:
+    """A JPEG of about ``kb`` KB: smooth noise at 320x240, quality searched once and reused."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    img = Image.fromarray(base).resize((320, 240), Image.BILINEAR)
+    for q in range(95, 10, -5):
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=q)
+        if out.tell() <= kb * 1024:
+            return out.getvalue()
+    return out.getvalue()
+
+
+def build(n: int, kb: int):
+    msgs = []
+    for i in range(n):
+        data = jpeg_near(kb, i)
+        dev = "dev%d" % (i % 3)
+        body = payloads.sample(dev, "cam", MODEL, "low_confidence", "class_%d" % (i % 10), 0.4, 0.8,
+                               [{"label": "class_%d" % (i % 10), "score": 0.4}], time.time(), data, 320, 240)
+        msgs.append(("edgesight/%s/cam/sample" % dev, payloads.encode(body)))
+    return msgs
+
+
+def one_round(port: int, msgs, collectors: int, work: str, rate: float = 0.0):
+    import paho.mqtt.client as mqtt
+
+    ds = os.path.join(work, "ds")
+    shutil.rmtree(ds, ignore_errors=True)
+    procs = [subprocess.Popen([sys.executable, "-m", "edgesight", "collect", ds, "--host", "127.0.0.1", "--port",
+                               str(port), "--client-id", "bench-%d-%d" % (os.getpid(), k), "--group", "bench",
+                               "--quiet", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+             for k in range(collectors)]
+    time.sleep(2.0)  # connected and subscribed
+    pub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.max_inflight_messages_set(100)
+    pub.max_queued_messages_set(0)
+    pub.connect("127.0.0.1", port, keepalive=30)
+    pub.loop_start()
+    t0 = time.time()
+    infos = []
+    for i, (t, b) in enumerate(msgs):
+        if rate > 0:  # a fleet sends steadily: pace the publisher, don't dump everything at once
+            delay = t0 + i / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        infos.append(pub.publish(t, b, qos=1))
+    for info in infos:
+        info.wait_for_publish(120)
+    t_pub = time.time() - t0
+    manifest = os.path.join(ds, "manifest.jsonl")
+    deadline = time.time() + 600
+    while time.time() < deadline:  # every sample on disk and in the manifest
+        if os.path.exists(manifest):
+            with open(manifest, "rb") as f:
+                if f.read().count(b"\n") >= len(msgs):
+                    break
+        time.sleep(0.05)
+    t_end = time.time() - t0
+    summaries = []
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+        if p.returncode != 0:
+            raise SystemExit("collector failed: %s" % err[-2000:])
+        summaries.append(json.loads(out))
+    pub.disconnect()
+    pub.loop_stop()
+    unique = len({r["id"] for r in read_manifest(ds)})
+    return sum(s["stored"] for s in summaries), unique, t_pub, t_end, [s["stored_per_s"] for s in summaries]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=3000)
+    ap.add_argument("--collectors", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--kb", type=int, default=50)
+    ap.add_argument("--rate", type=float, nargs="*", default=[0.0],
+                    help="publish rates (samples/s) to try; 0 = as fast as the broker takes them (a burst)")
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="edgesight-bench-collect-", dir=os.environ.get("BENCH_DIR"))
+    broker = Broker(os.path.join(work, "broker"), extra_conf="max_queued_messages 100000\n",
+                    save_every_change=False).start()
+    try:
+        msgs = build(args.samples, args.kb)
+        sizes = [len(b) for _, b in msgs]
+        print("%d samples, JPEG ~%d KB (payload median %.1f KB), %d collector(s), dataset on %s"
+              % (len(msgs), args.kb, statistics.median(sizes) / 1024, args.collectors, work))
+        for rate in args.rate:
+            rates = []
+            for r in range(args.rounds):
+                stored, unique, t_pub, t_end, per = one_round(broker.port, msgs, args.collectors, work, rate)
+                rates.append(stored / t_end)
+                print("%s round %d: %d stored (%d unique in the manifest) in %.2f s from the first publish = %.0f "
+                      "samples/s end to end (publisher done after %.2f s; collector-reported %s/s)"
+                      % ("burst" if rate <= 0 else "%.0f/s" % rate, r + 1, stored, unique, t_end, stored / t_end,
+                         t_pub, ", ".join(str(x) for x in per)))
+            print("%s: median %.0f samples/s stored durably (target >= 300/s)"
+                  % ("burst" if rate <= 0 else "offered %.0f/s" % rate, statistics.median(rates)))
+    finally:
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
