@@ -389,9 +389,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if args.verbose == 0 and not args.quiet:
         logging.getLogger("edgesight").setLevel(logging.INFO)
     opts = CollectOptions(dataset=args.dataset, host=args.host, port=args.port, topic_prefix=args.topic_prefix,
-                          group=args.group, client_id=args.client_id, username=args.username, password=password,
+                          group=args.group, share=not args.no_share, client_id=args.client_id, username=args.username, password=password,
                           tls=args.tls, ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
                           session_expiry=args.session_expiry, max_bytes=args.max_bytes,
+                          reconnect_max=args.reconnect_max,
                           progress_interval=args.progress_interval, max_samples=args.max_samples,
                           idle_exit=args.idle_exit)
     stop = threading.Event()
@@ -558,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--topic-prefix", default="edgesight")
     c.add_argument("--group", default="edgesight", help="shared-subscription group: collectors in one group split "
                    "the samples")
+    c.add_argument("--no-share", action="store_true", help="plain subscription instead of a shared one (a single "
+                   "collector; mosquitto 2.0 restores only plain subscriptions after a broker restart)")
     c.add_argument("--client-id", help="stable and unique per collector (default edgesight-collect-<host>-<group>)")
     c.add_argument("--username")
     c.add_argument("--password-file")
@@ -568,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--key-file")
     c.add_argument("--session-expiry", type=int, default=7 * 86400,
                    help="seconds the broker keeps this collector's session and queue (default 7 days)")
+    c.add_argument("--reconnect-max", type=int, default=10, help="longest wait between reconnection attempts, "
+                   "seconds (backoff doubles from 1 s; default 10)")
     c.add_argument("--max-bytes", type=int, default=1 << 20, help="larger payloads are rejected (default 1 MiB)")
     c.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
     c.add_argument("--max-samples", type=int, help="stop after storing this many")

@@ -1,6 +1,6 @@
-"""The end-to-end demo: convert the example model, start a local mosquitto, run the agent on the example image folder
-for a bounded number of frames (taking the broker away for a few seconds in the middle), and print what a
-subscriber receives. Ends by itself. Run by examples/demo.sh after set-up, or directly:
+"""The end-to-end demo: convert the example model, start a local mosquitto and `edgesight collect`, run the agent on
+the example image folder for a bounded number of frames (taking the broker away for a few seconds in the middle),
+print what a subscriber receives, and export the collected samples for Label Studio. Ends by itself. Run by examples/demo.sh after set-up, or directly:
 
     .venv/bin/python examples/demo.py [--frames 300] [--keep]
 """
@@ -30,7 +30,9 @@ def free_port() -> int:
 def start_broker(work: str, port: int) -> subprocess.Popen:
     conf = os.path.join(work, "mosquitto.conf")
     with open(conf, "w") as f:
-        f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % port)
+        # persistence: the collector's session and queue survive the broker's (clean) restart in the middle
+        f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\n"
+                % (port, work))
         if os.geteuid() == 0:
             f.write("user root\n")
     proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf],
@@ -82,7 +84,7 @@ def main() -> int:
     lock = threading.Lock()
 
     def on_message(client, userdata, msg):
-        kind = msg.topic.rsplit("/", 1)[-1]
+        kind = "policy" if msg.topic.endswith("/config/sampling/status") else msg.topic.rsplit("/", 1)[-1]
         body = json.loads(msg.payload)
         with lock:
             seen.setdefault(kind, []).append(body)
@@ -106,6 +108,14 @@ def main() -> int:
     sub.reconnect_delay_set(1, 1)
     sub.connect("127.0.0.1", port)
     sub.loop_start()
+    dataset = os.path.join(work, "dataset")
+    # --no-share: the demo restarts the broker, and mosquitto 2.0 restores only plain subscriptions (docs/collect.md)
+    print("   and edgesight collect %s (persistent session)" % dataset)
+    collector = subprocess.Popen([sys.executable, "-m", "edgesight", "collect", dataset, "--host", "127.0.0.1",
+                                  "--port", str(port), "--client-id", "demo-collector", "--no-share",
+                                  "--reconnect-max", "2", "--quiet", "--json"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    time.sleep(1.0)
 
     cfg = {"device_id": "demo-cam-01", "package": pkg, "runtime": "auto",
            "cameras": [{"name": "front", "source": {"type": "folder", "path": os.path.join(DIGITS, "images", "val"),
@@ -113,7 +123,8 @@ def main() -> int:
            "thresholds": {"default": 0.9995, "hysteresis": 2},
            "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min": 1, "reconnect_max": 2},
            "outbox": {"path": os.path.join(work, "outbox.db")},
-           "samples": {"max_per_minute": 10, "min_gap": 1.0}, "stats": {"interval": 5}}
+           "samples": {"strategies": [{"type": "low_confidence"}, {"type": "random", "rate": 0.02}],
+                       "max_per_minute": 20, "min_gap": 0.5}, "stats": {"interval": 5}}
     cfg_path = os.path.join(work, "agent.yaml")
     with open(cfg_path, "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
@@ -135,9 +146,26 @@ def main() -> int:
             print(err[-3000:])
             return agent.returncode
         time.sleep(1.5)
+        manifest = os.path.join(dataset, "manifest.jsonl")
+        end = time.time() + 15
+        while time.time() < end:  # the collector reconnects with its own backoff
+            with lock:
+                want = len({x["id"] for x in seen["sample"]})
+            if os.path.exists(manifest) and sum(1 for _ in open(manifest)) >= want:
+                break
+            time.sleep(0.2)
+        collector.send_signal(signal.SIGTERM)
+        out, err = collector.communicate(timeout=30)
+        if collector.returncode != 0:
+            print(err[-3000:])
+            return collector.returncode
+        collected = json.loads(out)
+        collector_log = err
     finally:
         if agent.poll() is None:
             agent.kill()
+        if collector.poll() is None:
+            collector.kill()
         sub.loop_stop()
         broker.terminate()
         broker.wait(10)
@@ -152,8 +180,20 @@ def main() -> int:
               % (len(seen["sample"]), len(seen["state"]), len(seen["stats"]),
                  seen["status"][-1]["state"] if seen["status"] else "-"))
         print("   model: %s" % json.dumps(results[0]["model"]) if results else "   no results")
+    sample_ids = {x["id"] for x in seen["sample"]}
+    print("   collector: %d samples stored in %s (%d duplicates, %d rejected), by label %s"
+          % (collected["stored"], dataset, collected["duplicates"], collected["rejected"],
+             json.dumps(collected["by_label"])))
+    export = edgesight("collect", "export", dataset, "--format", "labelstudio", "--out",
+                       os.path.join(work, "labelstudio", "tasks.json"), "--labels", os.path.join(DIGITS, "labels.txt"))
+    print("   " + (export.stdout.strip() or export.stderr.strip()))
     ok = len(ids) == args.frames
     print("   every processed frame's result arrived: %s" % ("yes" if ok else "NO"))
+    stored_all = collected["dataset_total"] == len(sample_ids)
+    print("   every sample is in the dataset once: %s" % ("yes" if stored_all else "NO"))
+    if not stored_all:
+        print(collector_log[-3000:])
+    ok = ok and stored_all and export.returncode == 0
     if args.keep:
         print("   kept %s" % work)
     else:

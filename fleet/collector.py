@@ -30,6 +30,7 @@ class CollectOptions:
     port: int = 1883
     topic_prefix: str = "edgesight"
     group: str = "edgesight"
+    share: bool = True  # False: a plain subscription (one collector; survives mosquitto restarts, see docs)
     client_id: Optional[str] = None  # default: edgesight-collect-<host name>-<group>; one per collector
     username: Optional[str] = None
     password: Optional[str] = None
@@ -39,6 +40,7 @@ class CollectOptions:
     tls: bool = False
     session_expiry: int = 7 * 86400  # seconds the broker keeps the session (and queues for it) while we are away
     keepalive: int = 30
+    reconnect_max: int = 10  # seconds, paho's capped exponential backoff from 1 s
     max_bytes: int = 1 << 20
     batch: int = 64
     progress_interval: float = 5.0
@@ -47,7 +49,8 @@ class CollectOptions:
     connect_timeout: float = 30.0
 
     def topic(self) -> str:
-        return "$share/%s/%s/+/+/sample" % (self.group, self.topic_prefix.rstrip("/"))
+        plain = "%s/+/+/sample" % self.topic_prefix.rstrip("/")
+        return "$share/%s/%s" % (self.group, plain) if self.share else plain
 
 
 @dataclass
@@ -87,7 +90,7 @@ class Collector(object):
                                 cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self._props = Properties(PacketTypes.CONNECT)
         self._props.SessionExpiryInterval = int(opts.session_expiry)
-        self.client.reconnect_delay_set(1, 30)
+        self.client.reconnect_delay_set(1, max(1, int(opts.reconnect_max)))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
