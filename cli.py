@@ -333,11 +333,24 @@ def cmd_toolchain(args: argparse.Namespace) -> int:
     return 0 if all(st["installed"] for st in status.values()) else 1
 
 
-# -- agent -----------------------------------------------------------------------------------------------------
-def cmd_agent(args: argparse.Namespace) -> int:
+def _stop_on_signals() -> Any:
+    """A threading.Event that SIGTERM and SIGINT set: long-running commands finish their work in hand, exit 0."""
     import signal
     import threading
 
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+# -- agent -----------------------------------------------------------------------------------------------------
+def cmd_agent(args: argparse.Namespace) -> int:
     from .agent.config import load_config
     from .agent.sdnotify import Notifier
     from .agent.service import Agent
@@ -349,14 +362,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 0
     if not args.verbose:
         logging.getLogger().setLevel(cfg.log_level.upper())
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = _stop_on_signals()
     notifier = Notifier()
     try:
         return Agent(cfg, notifier, drain_timeout=args.drain_timeout).run(stop, max_frames=args.max_frames,
@@ -367,43 +373,23 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 # -- collect (fleet) -------------------------------------------------------------------------------------------
 def cmd_collect(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
+    from .credentials import read_password
     from .fleet.collector import CollectOptions, Collector
 
-    password = None
-    if args.password_file:
-        try:
-            with open(args.password_file, encoding="utf-8") as f:
-                password = f.read().strip("\r\n")
-        except OSError as exc:
-            raise ConfigError("cannot read the password file (%s)" % exc.strerror, file=args.password_file,
-                              field="--password-file")
-    elif args.password_env:
-        password = os.environ.get(args.password_env)
-        if password is None:
-            raise ConfigError("environment variable %s is not set" % args.password_env, field="--password-env")
+    password = read_password(args.password_file, args.password_env, "--password-file", "--password-env")
     if (password is not None) and not args.username:
         raise ConfigError("a password needs --username", field="--username")
     if args.verbose == 0 and not args.quiet:
         logging.getLogger("edgesight").setLevel(logging.INFO)
     opts = CollectOptions(dataset=args.dataset, host=args.host, port=args.port, topic_prefix=args.topic_prefix,
-                          group=args.group, share=not args.no_share, client_id=args.client_id, username=args.username, password=password,
+                          group=args.group, share=not args.no_share, client_id=args.client_id,
+                          username=args.username, password=password,
                           tls=args.tls, ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
                           session_expiry=args.session_expiry, max_bytes=args.max_bytes,
                           reconnect_max=args.reconnect_max,
                           progress_interval=args.progress_interval, max_samples=args.max_samples,
                           idle_exit=args.idle_exit)
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        log.info("signal %d: finishing the current batch", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    summary = Collector(opts).run(stop)
+    summary = Collector(opts).run(_stop_on_signals())
     if args.json:
         _out(json.dumps(summary, indent=1))
     else:

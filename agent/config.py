@@ -13,6 +13,7 @@ from typing_extensions import Annotated, Literal  # pydantic's own dependency; t
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .. import credentials
 from ..errors import ConfigError, validation_problems, yaml_problem
 
 
@@ -339,19 +340,7 @@ def check_files(cfg: AgentConfig) -> None:
 
 def read_password(cfg: MqttConfig) -> Optional[str]:
     """The MQTT password from its file or environment variable (never logged)."""
-    if cfg.password_file:
-        try:
-            with open(cfg.password_file, encoding="utf-8") as f:
-                return f.read().strip("\r\n")
-        except OSError as exc:
-            raise ConfigError("cannot read the MQTT password file (%s)" % exc.strerror, file=cfg.password_file,
-                              field="mqtt.password_file")
-    if cfg.password_env:
-        value = os.environ.get(cfg.password_env)
-        if value is None:
-            raise ConfigError("environment variable %s is not set" % cfg.password_env, field="mqtt.password_env")
-        return value
-    return None
+    return credentials.read_password(cfg.password_file, cfg.password_env, "mqtt.password_file", "mqtt.password_env")
 
 
 MAX_POLICY_BYTES = 64 * 1024

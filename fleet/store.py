@@ -45,8 +45,9 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_synced(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+def _write_synced(path: str, data: bytes, flags: int = os.O_CREAT | os.O_EXCL) -> None:
+    """Write all of ``data`` and fsync; ``flags`` O_CREAT|O_EXCL for a new file, O_CREAT|O_APPEND to append."""
+    fd = os.open(path, os.O_WRONLY | flags, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -191,14 +192,7 @@ class Dataset(object):
                 # the renames are durable before the manifest says the files exist
                 list(self._pool.map(_fsync_dir, sorted(folders)))
                 data = "".join(lines).encode("utf-8")
-                fd = os.open(self.manifest_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _write_synced(self.manifest_path, data, os.O_CREAT | os.O_APPEND)
                 self._offset += len(data)
         return stored, dupes
 

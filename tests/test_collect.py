@@ -341,3 +341,18 @@ def test_plain_subscription_collector_keeps_samples_sent_while_it_reconnects_aft
     finally:
         summary, err = stop_collector(proc)
     assert "reconnecting" in err and summary["stored"] == 10
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["--username", "u", "--password-env", "EDGESIGHT_NO_SUCH_VAR"], 2, "--password-env"),
+    (["--password-file", "/nonexistent/pw"], 2, "--password-file"),
+    (["--port", "1", "--host", "127.0.0.1"], 9, "cannot connect"),
+])
+def test_collect_bad_options_fail_with_the_option_named(tmp_path, args, code, needle):
+    r = run_cli("collect", str(tmp_path / "ds"), *args)
+    assert r.returncode == code and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_export_refuses_a_folder_that_is_not_a_collected_dataset(tmp_path):
+    r = run_cli("collect", "export", str(tmp_path), "--format", "folder", "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "manifest.jsonl" in r.stderr
