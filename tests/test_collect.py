@@ -274,13 +274,14 @@ def test_three_agents_two_collectors_store_every_sample_once_then_export_and_con
     assert r.returncode == 0, r.stderr
     assert sum(len(fs) for _, _, fs in os.walk(str(folder))) == len(expected)
     pkg = tmp_path / "pkg"
-    r = run_cli("convert", os.path.join(EXAMPLE, "package", "model.fp32.onnx"), "--calib", str(ds),
-                "--val", str(folder), "--labels", os.path.join(EXAMPLE, "labels.txt"),
+    r = run_cli("convert", os.path.join(EXAMPLE, "package", "model.fp32.onnx"), "--calib", str(folder),
+                "--val", str(ds), "--labels", os.path.join(EXAMPLE, "labels.txt"),
                 "--preprocess", os.path.join(EXAMPLE, "preprocess.yaml"), "--targets", "onnx-int8-cpu",
                 "--out", str(pkg), "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout)
-    assert report["calibration"]["images"] == len(expected)  # _rejected/ and manifest.jsonl are not images
+    assert report["calibration"]["images"] == len(expected)
+    assert not report["validation_skipped"]  # manifest.jsonl, .collect.lock, _rejected/ are not images
     assert report["artifacts"][0]["gate"]["passed"] and report["fp32"]["metrics"]["top1"] > 0.9
 
 

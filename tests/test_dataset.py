@@ -30,6 +30,13 @@ def test_labelled_folder(tmp_path):
     assert len(folder.samples) == 5
 
 
+def test_folders_starting_with_underscore_or_dot_are_not_classes(tmp_path):
+    root = make_folder(tmp_path, {"cat": 2, "_rejected": 2, ".cache": 1})  # a collected dataset's extras
+    (tmp_path / "manifest.jsonl").write_text("{}\n")
+    folder = ImageFolder(root)
+    assert folder.classes == ["cat"] and len(folder.samples) == 2
+
+
 def test_flat_folder_is_unlabelled(tmp_path):
     folder = ImageFolder(make_folder(tmp_path, {"": 4}))
     assert not folder.labelled
