@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo on a fresh machine: set-up (venv with edgesight[all]; mosquitto from apt when missing), then the whole
-# product end to end on the bundled example: convert -> local broker -> agent -> subscriber. Ends by itself.
+# product end to end on the bundled example: convert -> local broker -> agent -> subscriber + collector -> Label
+# Studio export. Ends by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
