@@ -195,3 +195,10 @@ def test_bad_policy_payloads_are_refused_with_the_field(payload, field):
 def test_policy_payload_replaces_the_section_with_defaults_for_missing_keys():
     p = parse_policy(b'{"v": 1, "min_gap": 0.5, "strategies": [{"type": "random", "rate": 0.2}]}')
     assert p.min_gap == 0.5 and p.strategies[0].rate == 0.2 and p.max_per_minute == 6
+
+
+def test_the_example_agent_config_carries_a_valid_sampling_policy():
+    from edgesight.agent.config import load_config
+
+    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "examples", "agent.yaml"))
+    assert [s.type for s in cfg.samples.strategies] == ["low_confidence", "margin", "random"]
