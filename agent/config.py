@@ -8,7 +8,7 @@ import os
 import socket
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from typing_extensions import Annotated, Literal  # pydantic's own dependency; typing has them from 3.9 only
+from typing_extensions import Annotated, Literal, get_args  # pydantic's dependency; typing has them from 3.9
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -147,6 +147,11 @@ class _Strategy(_Strict):
     per_hour: Optional[int] = Field(None, ge=0)
     per_day: Optional[int] = Field(None, ge=0)
 
+    @property
+    def reason(self) -> str:
+        """What a sample this strategy takes reports as its ``reason``."""
+        return self.name or self.type  # type: ignore[attr-defined]  # every subclass has a ``type`` tag
+
 
 class LowConfidence(_Strategy):
     type: Literal["low_confidence"]
@@ -173,14 +178,14 @@ class ClassTarget(_Strategy):
     min_per_day: Optional[int] = Field(None, ge=1, description="favour classes with fewer samples in 24 h")
 
     @model_validator(mode="after")
-    def _something(self) -> "ClassTarget":
+    def _needs_a_target(self) -> "ClassTarget":
         if not self.classes and self.min_per_day is None:
             raise ValueError("class_target needs 'classes' or 'min_per_day'")
         return self
 
 
-Strategy = Annotated[Union[LowConfidence, NearThreshold, Margin, RandomBaseline, ClassTarget],
-                     Field(discriminator="type")]
+_STRATEGIES = (LowConfidence, NearThreshold, Margin, RandomBaseline, ClassTarget)
+Strategy = Annotated[Union[_STRATEGIES], Field(discriminator="type")]
 
 
 class DedupConfig(_Strict):
@@ -208,7 +213,7 @@ class SamplingPolicy(_Strict):
     @field_validator("strategies")
     @classmethod
     def _unique_reasons(cls, v: List[Any]) -> List[Any]:
-        names = [s.name or s.type for s in v]
+        names = [s.reason for s in v]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError("two strategies report the same reason %s: give one a 'name'" % ", ".join(dup))
@@ -269,7 +274,7 @@ class AgentConfig(_Strict):
         return v
 
 
-_STRATEGY_TYPES = ("low_confidence", "near_threshold", "margin", "random", "class_target")
+_STRATEGY_TYPES = tuple(get_args(cls.model_fields["type"].annotation)[0] for cls in _STRATEGIES)
 
 
 def _yaml_locs(errors: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -32,7 +32,7 @@ def example_package() -> Optional[str]:
 def _version(module: str) -> Optional[str]:
     try:
         mod = importlib.import_module(module)
-    except Exception:
+    except Exception:  # absent or broken: listed as "-"; check_runtimes loads each runtime and reports the error
         return None
     return str(getattr(mod, "__version__", "installed"))
 

@@ -153,13 +153,14 @@ class Decision(object):
 class Sampler(object):
     """Applies one sampling policy (``agent.config.SamplingPolicy``) to a stream of predictions.
 
-    ``decide`` does not change any state; ``is_duplicate`` and ``commit`` are called only for frames that
-    ``decide`` took. ``skip`` counts a frame skipped later (duplicate, too large, outbox full)."""
+    ``decide`` takes no decision state (it only forgets class history older than a day); ``is_duplicate`` and
+    ``commit`` are called only for frames that ``decide`` took. ``skip`` counts a frame skipped later (duplicate,
+    too large, outbox full). ``taken`` counts the samples committed, by reason."""
 
     def __init__(self, policy) -> None:
         self.policy = policy
         self.strategies = list(policy.strategies)
-        self.quotas = [Quota(s.per_minute, s.per_hour, s.per_day) for s in self.strategies]
+        self.quotas = {s.reason: Quota(s.per_minute, s.per_hour, s.per_day) for s in self.strategies}
         self.cap = Quota(policy.max_per_minute, policy.max_per_hour, policy.max_per_day)
         self.last_time: Optional[float] = None
         self.class_times: Dict[str, Deque[float]] = {}
@@ -195,11 +196,11 @@ class Sampler(object):
         if not self.policy.enabled:
             return Decision()
         reason, quota_spent = None, False
-        for i, s in enumerate(self.strategies):
+        for s in self.strategies:
             if not self.fires(s, label, score, second, threshold, accepted, u, now):
                 continue
-            if self.quotas[i].room(now):
-                reason = s.name or s.type
+            if self.quotas[s.reason].room(now):
+                reason = s.reason
                 break
             quota_spent = True
         if reason is None:
@@ -218,9 +219,8 @@ class Sampler(object):
         return win is not None and win.near(h, dd.max_distance, now)
 
     def commit(self, camera: str, reason: str, label: str, h: Optional[int], now: float) -> None:
-        idx = next((i for i, s in enumerate(self.strategies) if (s.name or s.type) == reason), None)
-        if idx is not None:
-            self.quotas[idx].record(now)
+        if reason in self.quotas:
+            self.quotas[reason].record(now)
         self.cap.record(now)
         self.last_time = now
         self.class_times.setdefault(label, deque()).append(now)

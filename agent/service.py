@@ -85,7 +85,6 @@ class Agent(object):
         self.processed = 0
         self.inference_ms: Deque[float] = deque(maxlen=2000)
         self.counts: Dict[str, int] = {}
-        self.samples_sent = 0
         self.classes: Dict[str, Dict[str, Any]] = {}  # drift: per-class count + confidence histogram per report
         self.sampler = sampling.Sampler(cfg.samples)
         self.policy_source = "config"
@@ -301,7 +300,6 @@ class Agent(object):
             self.sampler.skip("outbox_full")
             return
         self.sampler.commit(camera, reason, best.label, h, now)
-        self.samples_sent += 1
 
     # -- the sampling policy from the fleet ------------------------------------------------------------------
     def _read_messages(self, outbox: Outbox) -> None:
@@ -372,7 +370,7 @@ class Agent(object):
                 "cameras": {c.name: c.stats() for c in self.captures},
                 "outbox": {"depth": self.outbox.depth(), "bytes": self.outbox.bytes,
                            "counters": self.outbox.counters()},
-                "samples": {"sent": self.samples_sent, "skipped": sum(self.sampler.skipped.values()),
+                "samples": {"sent": sum(self.sampler.taken.values()), "skipped": sum(self.sampler.skipped.values()),
                             "by_reason": dict(self.sampler.taken), "skipped_by": dict(self.sampler.skipped),
                             "policy": self.policy_source},
                 "mqtt_connected": self.link.connected.is_set(), "rss_bytes": rss_bytes(),

@@ -106,7 +106,7 @@ def _nodes_of_type(onnx_path: str, op: str) -> List[str]:
     onnx = import_onnx()
     try:
         return [n.name or "(unnamed)" for n in onnx.load(onnx_path).graph.node if n.op_type == op]
-    except Exception:
+    except Exception:  # only enriches the error being raised about ``op``; that error still names the op
         return []
 
 

@@ -155,6 +155,12 @@ def agent_config(tmp_path, port: int, **over) -> str:
     return str(path)
 
 
+def finish(proc: subprocess.Popen, timeout: float = 60):
+    """Wait for a process started by ``start_agent``: (exit code, stdout, stderr)."""
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
 def start_agent(config: str, *args, env=None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "edgesight", "agent", "--config", config] + list(args),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,

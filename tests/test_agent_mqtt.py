@@ -6,21 +6,15 @@ import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
 import time
 
 import pytest
 from PIL import Image
 
 from conftest import EXAMPLE, require_or_skip, run_cli
-from mqtt_util import Broker, Collector, agent_config, free_port, mosquitto_binary, start_agent
+from mqtt_util import Broker, Collector, agent_config, finish, free_port, mosquitto_binary, start_agent
 
 VAL = os.path.join(EXAMPLE, "images", "val")
-
-
-def finish(proc, timeout=60):
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
 def outbox_rows(path, kind=None):

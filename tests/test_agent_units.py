@@ -1,5 +1,4 @@
 """Agent pieces without a broker: decisions, outbox, config errors, artifact choice, JPEG sizing, sd_notify."""
-import os
 import socket
 import sqlite3
 

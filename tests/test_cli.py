@@ -2,7 +2,6 @@
 import json
 import os
 
-import pytest
 import yaml
 
 from edgesight import __version__

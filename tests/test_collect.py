@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import EXAMPLE, run_cli
 from mqtt_util import Collector as Observer, agent_config, start_agent
 from edgesight.agent import payloads
+from edgesight.calibration.images import list_images
 from edgesight.fleet.contract import Rejected, parse_sample
 from edgesight.fleet.store import MANIFEST, REJECTED, Dataset, read_manifest
 
@@ -205,7 +206,7 @@ def test_three_agents_two_collectors_store_every_sample_once_then_export_and_con
     observer = Observer(broker.port, topic="edgesight/+/+/sample")
     collectors = [start_collector(ds, broker.port, "--client-id", "c%d" % i, "--group", "g") for i in (1, 2)]
     time.sleep(1.5)  # both subscribed
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(VAL) for f in fs)
+    files = [p for p, _ in list_images(VAL)]
     agents = []
     for i in range(3):
         folder, home = tmp_path / ("cam%d" % i), tmp_path / ("agent%d" % i)

@@ -1,6 +1,5 @@
 """Model package validation: a bad package is refused with an error naming the file and the field."""
 import os
-import shutil
 
 import pytest
 import yaml

@@ -11,25 +11,23 @@ import numpy as np
 from PIL import Image
 
 from conftest import EXAMPLE
-from mqtt_util import Collector, agent_config, publish, start_agent
+from edgesight.calibration.images import list_images
+from mqtt_util import Collector, agent_config, finish, publish, start_agent
 
 VAL = os.path.join(EXAMPLE, "images", "val")
-
-
-def finish(proc, timeout=60):
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
 def image_of(sample):
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(sample["image"]["data"]))).convert("RGB"))
 
 
-def val_images(n):
-    files = []
-    for d in sorted(os.listdir(VAL)):
-        files += [os.path.join(VAL, d, f) for f in sorted(os.listdir(os.path.join(VAL, d)))]
-    return files[:n]
+def run_until_stopped(broker, cfg):
+    """Run the agent to the end of its folder camera; the subscriber that saw everything it published."""
+    sub = Collector(broker.port)
+    code, _, err = finish(start_agent(cfg))
+    assert code == 0, err[-2000:]
+    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")))
+    return sub
 
 
 def every(**kw):
@@ -94,12 +92,9 @@ def test_retained_policy_applies_at_start_and_stats_carry_drift(broker, tmp_path
     publish(broker.port, "edgesight/dev1/config/sampling",
             json.dumps({"strategies": [{"type": "margin", "max_margin": 1.0}], "max_per_minute": 3,
                         "min_gap": 0}).encode(), retain=True)
-    sub = Collector(broker.port)
     cfg = agent_config(tmp_path, broker.port, cameras=[
         {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 30, "loop": False}}])
-    code, _, err = finish(start_agent(cfg))
-    assert code == 0, err[-2000:]
-    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")))
+    sub = run_until_stopped(broker, cfg)
     samples = [p for _, p, _ in sub.of("sample")]
     assert len(samples) == 3 and {s["reason"] for s in samples} == {"margin"}  # the fleet's cap, not the YAML's
     stats = [p for _, p, _ in sub.of("stats")]
@@ -119,13 +114,10 @@ def test_privacy_mask_blacks_out_the_polygon_in_every_sample(broker, tmp_path):
     for i in range(6):
         img = np.clip(180 + rng.integers(-40, 40, (120, 160, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(str(folder / ("f%02d.png" % i)))
-    sub = Collector(broker.port)
     cfg = agent_config(tmp_path, broker.port, thresholds={"default": 0.0}, samples=every(), cameras=[
         {"name": "front", "privacy_masks": [[[0, 0], [0.5, 0], [0.5, 1], [0, 1]]], "mask_units": "relative",
          "source": {"type": "folder", "path": str(folder), "fps": 10, "loop": False}}])
-    code, _, err = finish(start_agent(cfg))
-    assert code == 0, err[-2000:]
-    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")))
+    sub = run_until_stopped(broker, cfg)
     samples = [p for _, p, _ in sub.of("sample")]
     assert len(samples) == 6
     for s in samples:
@@ -139,20 +131,17 @@ def test_privacy_mask_blacks_out_the_polygon_in_every_sample(broker, tmp_path):
 def test_near_duplicate_frames_are_skipped_and_counted(broker, tmp_path):
     folder = tmp_path / "frames"
     folder.mkdir()
-    files = val_images(40)
+    files = [p for p, _ in list_images(VAL)][:40]
     for i in range(10):  # one scene, ten frames
         shutil.copy(files[0], str(folder / ("a%02d.png" % i)))
     distinct = [f for f in files[1:] if open(f, "rb").read() != open(files[0], "rb").read()][:5]
     for i, f in enumerate(distinct):
         shutil.copy(f, str(folder / ("b%02d.png" % i)))
-    sub = Collector(broker.port)
     cfg = agent_config(tmp_path, broker.port, thresholds={"default": 0.0},
                        samples=every(max_per_minute=None, dedup={"max_distance": 4}),
                        cameras=[{"name": "front", "source": {"type": "folder", "path": str(folder), "fps": 10,
                                                             "loop": False}}])
-    code, _, err = finish(start_agent(cfg))
-    assert code == 0, err[-2000:]
-    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")))
+    sub = run_until_stopped(broker, cfg)
     samples = [p for _, p, _ in sub.of("sample")]
     stats = sub.of("stats")[-1][1]
     assert stats["frames"] == 15
@@ -162,14 +151,11 @@ def test_near_duplicate_frames_are_skipped_and_counted(broker, tmp_path):
 
 
 def test_quota_and_min_gap_hold_under_a_burst_in_the_agent(broker, tmp_path):
-    sub = Collector(broker.port)
     cfg = agent_config(tmp_path, broker.port, thresholds={"default": 0.0},
                        samples=every(max_per_minute=4, min_gap=0.3),
                        cameras=[{"name": "front", "source": {"type": "folder", "path": VAL, "fps": 100,
                                                             "loop": False}}])
-    code, _, err = finish(start_agent(cfg))
-    assert code == 0, err[-2000:]
-    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")))
+    sub = run_until_stopped(broker, cfg)
     samples = [p for _, p, _ in sub.of("sample")]
     stats = sub.of("stats")[-1][1]
     assert len(samples) == 4 and stats["frames"] > 200  # every frame wanted, four taken
