@@ -474,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="ONNX calibration method (default minmax, see docs/converting.md)")
-    p.add_argument("--tflite-io", choices=("int8", "float"), default="int8", help="TFLite input/output type")
+    p.add_argument("--tflite-io", choices=("int8", "float"), default="float",
+                   help="TFLite input/output type around the int8 body (default float: faster from Python)")
     p.add_argument("--name", help="package name (default: model file name)")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--threshold", type=float, default=0.8)

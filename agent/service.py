@@ -16,7 +16,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..calibration.preprocess import preprocess
+from ..calibration.preprocess import PreprocessSpec, preprocess
 from ..errors import ConfigError, InferenceError, PackageError
 from ..runtimes.base import Runtime
 from ..runtimes.package import Artifact, ModelPackage
@@ -95,6 +95,7 @@ class Agent(object):
         self.pkg: Optional[ModelPackage] = None
         self.rt: Optional[Runtime] = None
         self.artifact: Optional[Artifact] = None
+        self.spec: Optional[PreprocessSpec] = None  # the package's preprocessing, in the runtime's input layout
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -103,11 +104,15 @@ class Agent(object):
         if self.artifact.profile == "tensorrt-qdq" and self.cfg.runtime in ("auto", "tensorrt"):
             self.rt = self._open_tensorrt(idx)
         else:
-            self.rt = self.pkg.open_runtime(artifact_index=idx, config=self.cfg.runtime_options or None)
+            self.rt = self.pkg.open_runtime(artifact_index=idx, config=self.cfg.runtime_options or None,
+                                            input_layout="native")
+        # frames are preprocessed straight into the model's own layout (NHWC for TFLite): no transpose per frame
+        self.spec = self.pkg.preprocess_for(self.rt)
         m = self.pkg.manifest
         self.model_info = {"name": m.name, "version": m.version, "sha256": self.artifact.sha256[:12],
                            "artifact": self.artifact.file, "runtime": self.artifact.runtime}
-        log.info("model %s %s: %s on %s", m.name, m.version, self.artifact.file, self.artifact.runtime)
+        log.info("model %s %s: %s on %s, frames preprocessed to %s", m.name, m.version, self.artifact.file,
+                 self.artifact.runtime, self.spec.layout)
 
     def _open_tensorrt(self, qdq_index: int) -> Runtime:
         """An engine for this device (shipped, cached or built now from the Q/DQ ONNX), loaded."""
@@ -121,7 +126,7 @@ class Agent(object):
         engine = engine_for(self.pkg.path(qdq), qdq.sha256, self.cfg.engine_cache,
                             self.pkg.preprocess.input_shape()[1:], shipped=shipped[0] if shipped else None,
                             extend_timeout=self.notifier.extend_timeout)
-        rt = create_runtime("tensorrt", engine, input_layout=self.pkg.preprocess.layout, layout=qdq.layout,
+        rt = create_runtime("tensorrt", engine, input_layout="native", layout=qdq.layout,
                             config=self.cfg.runtime_options or None)
         rt.load()
         self.pkg.check_runtime(rt, qdq_index)
@@ -218,10 +223,10 @@ class Agent(object):
     # -- per frame -------------------------------------------------------------------------------------------
     def process(self, camera: str, frame: Frame, outbox: Outbox, tracker: decisions.StateTracker,
                 gate: decisions.PublishGate) -> None:
-        assert self.pkg is not None and self.rt is not None
+        assert self.pkg is not None and self.rt is not None and self.spec is not None
         cfg, m = self.cfg, self.pkg.manifest
         t0 = time.perf_counter()
-        x = preprocess(frame.image, m.preprocess, input_color=frame.color)[None]
+        x = preprocess(frame.image, self.spec, input_color=frame.color)[None]
         t1 = time.perf_counter()
         out = next(iter(self.rt.infer(x).values()))[0]
         inference_ms = 1000.0 * (time.perf_counter() - t1)

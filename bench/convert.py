@@ -26,7 +26,7 @@ sys.path.insert(0, HERE)
 EXAMPLE = os.path.join(HERE, "..", "examples", "digits")
 
 from edgesight.calibration.dataset import ImageFolder, OrtCalibrationReader  # noqa: E402
-from edgesight.calibration.preprocess import PreprocessSpec  # noqa: E402
+from edgesight.calibration.preprocess import PreprocessSpec, to_layout  # noqa: E402
 from edgesight.converters import onnx_quant, tflite, toolchain  # noqa: E402
 from edgesight.converters.convert import ConvertOptions, convert  # noqa: E402
 from edgesight.converters.package_builder import read_labels, read_preprocess  # noqa: E402
@@ -38,20 +38,23 @@ TARGETS = ("onnx-int8-trt", "onnx-int8-cpu", "tflite-int8")
 def latencies_ms(models, x: np.ndarray, threads: int, runs: int):
     """Median single-image latency per (name, path, runtime, layout). Measured in 4 rounds of blocks (each model runs
     runs/4 times in a row, then the next): load changes on a shared machine hit every model alike, and one runtime's
-    spinning worker threads never compete with another's (as they would if single calls alternated)."""
-    rts = {name: create_runtime(runtime, path, input_layout="nchw", layout=layout, config={"threads": threads}).load()
+    spinning worker threads never compete with another's (as they would if single calls alternated). Each model is
+    fed an NCHW batch transposed beforehand to its own layout, as the agent preprocesses straight into it."""
+    rts = {name: create_runtime(runtime, path, input_layout="native", layout=layout, config={"threads": threads}).load()
            for name, path, runtime, layout in models}
+    feeds = {name: to_layout(x, "nchw", rt.input_layout) for name, rt in rts.items()}
     try:
-        for rt in rts.values():
+        for name, rt in rts.items():
             for _ in range(5):
-                rt.infer(x)
+                rt.infer(feeds[name])
         times = {name: [] for name in rts}
         for _ in range(4):
             for name, rt in rts.items():
-                rt.infer(x)
+                feed = feeds[name]
+                rt.infer(feed)
                 for _ in range(max(1, runs // 4)):
                     t = time.perf_counter()
-                    rt.infer(x)
+                    rt.infer(feed)
                     times[name].append(1000 * (time.perf_counter() - t))
     finally:
         for rt in rts.values():

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import __version__
 from ..calibration.dataset import ImageFolder, LoadedSet, OrtCalibrationReader, label_indices
-from ..calibration.preprocess import PreprocessSpec
+from ..calibration.preprocess import PreprocessSpec, to_layout
 from ..errors import ConfigError, EdgesightError
 from ..runtimes.package import Artifact, Manifest, ModelPackage, sha256_file
 from ..runtimes.postprocess import to_probabilities
@@ -45,7 +45,7 @@ class ConvertOptions(NamedTuple):
     calib_count: int = 300
     seed: int = 0
     method: str = onnx_quant.DEFAULT_METHOD
-    tflite_io: str = "int8"
+    tflite_io: str = "float"
     name: Optional[str] = None
     version: str = "1.0.0"
     threshold: float = 0.8
@@ -243,11 +243,14 @@ def _summary(a: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _run(pkg: ModelPackage, path: str, runtime: str, layout: str, tensors: np.ndarray, latency_runs: int):
-    """All outputs (batches of 32), the median single-image latency in ms, and the I/O types and quant params."""
-    rt = create_runtime(runtime, path, input_layout=pkg.preprocess.layout, layout=layout)
+    """All outputs (batches of 32), the median single-image latency in ms, and the I/O types and quant params.
+
+    Each artifact is fed in its own layout, as the agent feeds it (``tensors`` are transposed once here)."""
+    rt = create_runtime(runtime, path, input_layout="native", layout=layout)
     with rt:
         io = {kind: {"dtype": t.dtype, "scale": t.quant.scale, "zero_point": t.quant.zero_point} if t.quant else
               {"dtype": t.dtype} for kind, t in (("input", rt.inputs[0]), ("output", rt.outputs[0]))}
+        tensors = to_layout(tensors, pkg.preprocess.layout, rt.input_layout)
         outs = [next(iter(rt.infer(tensors[i:i + 32]).values())) for i in range(0, len(tensors), 32)]
         times = []
         for i in range(min(latency_runs, len(tensors)) + 3):

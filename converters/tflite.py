@@ -40,7 +40,7 @@ class TfliteResult(NamedTuple):
     seconds: float
 
 
-def convert_int8(onnx_path: str, calib: np.ndarray, spec: PreprocessSpec, dst: str, io: str = "int8",
+def convert_int8(onnx_path: str, calib: np.ndarray, spec: PreprocessSpec, dst: str, io: str = "float",
                  timeout: int = 1800) -> TfliteResult:
     """Full-integer per-channel INT8 TFLite (NHWC) from ``onnx_path`` calibrated on ``calib`` (spec layout)."""
     import time

@@ -2,7 +2,8 @@
 
 Public methods check state and inputs; backends fill in ``_load`` / ``_infer`` / ``_close`` and handle their own
 quirks (quantized I/O, NHWC, providers, CUDA buffers) so callers never see them. Callers always pass the float32
-batch produced by ``calibration.preprocess`` in the package's layout (``input_layout``).
+batch produced by ``calibration.preprocess`` in ``input_layout``: the package's layout, or ``"native"`` for the model
+file's own layout, which spares a transpose per call (the agent preprocesses straight into it).
 """
 import logging
 import os
@@ -50,11 +51,11 @@ class Runtime(object):
     default_layout: ClassVar[str] = "nchw"
 
     def __init__(self, model_path: str, input_layout: str = "nchw", layout: Optional[str] = None) -> None:
-        if input_layout not in LAYOUTS or (layout is not None and layout not in LAYOUTS):
-            raise ValueError("layouts must be one of %s" % (LAYOUTS,))
+        if input_layout not in LAYOUTS + ("native",) or (layout is not None and layout not in LAYOUTS):
+            raise ValueError("input_layout must be one of %s or 'native', layout one of %s" % (LAYOUTS, LAYOUTS))
         self.model_path = str(model_path)
-        self.input_layout = input_layout
         self.layout = layout or self.default_layout  # the model file's own input layout
+        self.input_layout = self.layout if input_layout == "native" else input_layout
         self._inputs: List[TensorSpec] = []
         self._outputs: List[TensorSpec] = []
         self._loaded = False

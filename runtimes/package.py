@@ -167,6 +167,11 @@ class ModelPackage(object):
     def preprocess(self) -> PreprocessSpec:
         return self.manifest.preprocess
 
+    def preprocess_for(self, rt: Runtime) -> PreprocessSpec:
+        """The package's preprocessing, producing the layout ``rt`` takes (its ``input_layout``)."""
+        spec = self.manifest.preprocess
+        return spec if spec.layout == rt.input_layout else spec.model_copy(update={"layout": rt.input_layout})
+
     def path(self, ref: Union[FileRef, Artifact]) -> str:
         return os.path.join(self.root, ref.file)
 
@@ -253,14 +258,18 @@ class ModelPackage(object):
                                         "none"))
 
     def open_runtime(self, runtime: Optional[str] = None, config: Optional[Any] = None,
-                     artifact_index: Optional[int] = None) -> Runtime:
-        """Create and load the runtime for an artifact and check its output size against the labels."""
+                     artifact_index: Optional[int] = None, input_layout: Optional[str] = None) -> Runtime:
+        """Create and load the runtime for an artifact and check its output size against the labels.
+
+        The runtime takes batches in ``input_layout``: by default the package's preprocessing layout; ``"native"``
+        takes the artifact's own layout (preprocess with :meth:`preprocess_for`), which spares a transpose per call.
+        """
         if artifact_index is None:
             artifact_index, art = self.artifact_for(runtime)
         else:
             art = self.manifest.artifacts[artifact_index]
-        rt = create_runtime(art.runtime, self.path(art), input_layout=self.preprocess.layout, layout=art.layout,
-                            config=config)
+        rt = create_runtime(art.runtime, self.path(art), input_layout=input_layout or self.preprocess.layout,
+                            layout=art.layout, config=config)
         rt.load()
         try:
             self.check_runtime(rt, artifact_index)

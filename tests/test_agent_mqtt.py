@@ -273,6 +273,28 @@ def test_two_cameras_over_mqtt_311(broker, tmp_path):
     sub.close()
 
 
+
+@pytest.mark.parametrize("runtime,layout", [("onnxruntime", "nchw"), ("tflite", "nhwc")])
+def test_each_runtime_classifies_the_frames_it_is_fed(broker, tmp_path, runtime, layout):
+    """The agent preprocesses straight into the model's own layout (NHWC for TFLite): every published label must be
+    the folder the frame came from (frame seq n = the n-th image of the sorted folder)."""
+    from edgesight.calibration.images import list_images
+
+    files = list_images(VAL)
+    sub = Collector(broker.port)
+    cfg = agent_config(tmp_path, broker.port, runtime=runtime, samples={"enabled": False})
+    code, _, err = finish(start_agent(cfg, "--max-frames", "60"), 60)
+    assert code == 0, err[-2000:]
+    assert "on %s, frames preprocessed to %s" % (runtime, layout) in err
+    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")), 10)
+    results = [p for _, p, _ in sub.of("result")]
+    assert len(results) == 60 and all(r["model"]["runtime"] == runtime for r in results)
+    truth = [os.path.basename(os.path.dirname(p)) for p, _ in files]
+    correct = sum(r["label"] == truth[r["frame"] - 1] for r in results)
+    assert correct >= 58, [(r["frame"], r["label"], truth[r["frame"] - 1]) for r in results if
+                           r["label"] != truth[r["frame"] - 1]]
+    sub.close()
+
 def test_video_file_source(broker, tmp_path):
     try:
         import cv2

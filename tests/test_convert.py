@@ -71,12 +71,47 @@ def test_tflite_artifact_runs_in_the_tflite_backend_and_agrees(converted):
     pkg = load_package(out)
     val = ImageFolder(VAL).load(pkg.preprocess)
     with pkg.open_runtime("onnxruntime") as fp32, pkg.open_runtime("tflite") as int8:
-        assert int8.inputs[0].dtype == "int8" and int8.inputs[0].quant is not None  # full-integer I/O
+        assert int8.inputs[0].dtype == "float32" and int8.inputs[0].quant is None  # default: float I/O
         a = next(iter(fp32.infer(val.tensors).values())).argmax(1)
         b = next(iter(int8.infer(val.tensors).values())).argmax(1)
     assert (a == b).mean() >= 0.98
     art = [x for x in pkg.manifest.artifacts if x.runtime == "tflite"][0]
-    assert art.io["input"]["dtype"] == "int8" and "scale" in art.io["input"]  # quant params recorded
+    assert art.io == {"input": {"dtype": "float32"}, "output": {"dtype": "float32"}}
+    types = tflite_op_input_types(os.path.join(out, art.file))
+    assert types.pop("QUANTIZE") == {"float32"} and types.pop("DEQUANTIZE") == {"int8"}  # the two ends
+    assert "CONV_2D" in types and "FULLY_CONNECTED" in types
+    assert all(t == {"int8"} for t in types.values()), types  # every op between them is int8
+
+
+def tflite_op_input_types(path):
+    """{op name: numpy dtype names of its first input} for every op of a .tflite model (XNNPACK off)."""
+    from edgesight.runtimes.tflite_backend import import_interpreter
+
+    Interpreter, _ = import_interpreter()
+    interp = Interpreter(model_path=path)
+    types = {}
+    for op in interp._get_ops_details():
+        types.setdefault(op["op_name"], set()).add(op["operand_types"][0].__name__)
+    return types
+
+
+def test_tflite_int8_io_records_quant_params_and_agrees(tmp_path):
+    require_or_skip(toolchain.tool_path("tflite") is not None, "the tflite toolchain")
+    out = tmp_path / "int8io"
+    proc = convert(MODEL, "--calib", CALIB, "--val", VAL, "--out", out, "--targets", "tflite-int8", "--tflite-io",
+                   "int8", "--calib-count", "100", "--json", *COMMON)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pkg = load_package(str(out))
+    art = [x for x in pkg.manifest.artifacts if x.runtime == "tflite"][0]
+    assert art.io["input"]["dtype"] == "int8" and art.io["input"]["scale"] > 0  # quant params recorded
+    assert art.io["output"]["dtype"] == "int8" and "zero_point" in art.io["output"]
+    assert "QUANTIZE" not in tflite_op_input_types(os.path.join(str(out), art.file))
+    val = ImageFolder(VAL).load(pkg.preprocess)
+    with pkg.open_runtime("onnxruntime") as fp32, pkg.open_runtime("tflite") as int8:
+        assert int8.inputs[0].dtype == "int8" and int8.inputs[0].quant.scale == art.io["input"]["scale"]
+        a = next(iter(fp32.infer(val.tensors).values())).argmax(1)
+        b = next(iter(int8.infer(val.tensors).values())).argmax(1)  # the backend quantizes in numpy
+    assert (a == b).mean() >= 0.98
 
 
 def test_report_json_content(converted):

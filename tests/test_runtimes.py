@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgesight.calibration.images import list_images, load_image
-from edgesight.calibration.preprocess import preprocess_batch
+from edgesight.calibration.preprocess import preprocess_batch, to_layout
 from edgesight.errors import MissingDependencyError, ModelFileError, RuntimeStateError
 from edgesight.runtimes import RUNTIME_NAMES, create_runtime, installed_runtimes, load_package
 from edgesight.runtimes.base import QuantParams, dequantize, quantize
@@ -125,6 +125,25 @@ def test_nhwc_caller_layout(pkg, batch):
             np.testing.assert_allclose(next(iter(a.infer(batch).values())),
                                        next(iter(b.infer(batch.transpose(0, 2, 3, 1)).values())), rtol=1e-5,
                                        atol=1e-5)
+
+
+def test_native_input_layout_takes_the_models_own_layout(pkg, val):
+    """``input_layout="native"`` (what the agent uses) takes the artifact's layout: NHWC for TFLite, NCHW for ONNX;
+    preprocessing straight into it gives the same outputs as the package's layout."""
+    images = [load_image(p) for p, _ in val[:12]]
+    expected = {"onnxruntime": "nchw", "tflite": "nhwc"}
+    for name in installed_runtimes():
+        with pkg.open_runtime(name) as ref, pkg.open_runtime(name, input_layout="native") as rt:
+            assert rt.input_layout == rt.layout == expected[name]
+            spec = pkg.preprocess_for(rt)
+            assert spec.layout == expected[name] and pkg.preprocess.layout == "nchw"
+            x = preprocess_batch(images, spec)
+            assert x.shape[1:] == ((3, 32, 32) if rt.layout == "nchw" else (32, 32, 3))
+            np.testing.assert_allclose(next(iter(rt.infer(x).values())),
+                                       next(iter(ref.infer(preprocess_batch(images, pkg.preprocess)).values())),
+                                       rtol=1e-5, atol=1e-5)
+            with pytest.raises(RuntimeStateError, match="nchw|nhwc"):
+                rt.infer(to_layout(x, rt.layout, "nchw" if rt.layout == "nhwc" else "nhwc"))
 
 
 @pytest.mark.parametrize("name", BACKENDS)
