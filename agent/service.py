@@ -1,7 +1,8 @@
 """`edgesight agent`: camera frames -> runtime -> thresholds -> durable outbox -> MQTT, as a systemd service.
 
-Threads: one capture thread per camera (latest-frame slot), the main loop (inference, decisions, outbox commits,
-stats, watchdog), the publisher (outbox -> broker) and paho's network thread. Every loop waits on the stop event
+Threads: one capture thread per camera (latest-frame slot), the preprocessing stage (prepares the next frame while
+the current one is inferred; agent/prefetch.py), the main loop (inference, decisions, outbox commits, stats,
+watchdog), the publisher (outbox -> broker) and paho's network thread. Every loop waits on the stop event
 with a timeout; SIGTERM sets it, the pipeline stops taking frames, the outbox is drained for up to
 ``drain_timeout`` seconds (what is not sent stays committed for the next start), and the process exits 0.
 """
@@ -26,6 +27,7 @@ from . import decisions, payloads, sampling
 from .config import AgentConfig, SamplingPolicy, parse_policy, read_password
 from .mqtt import MqttLink, Publisher
 from .outbox import Outbox
+from .prefetch import Prefetch, Prepared
 from .samples import jpeg_budget, jpeg_within
 from .sdnotify import Notifier
 from .sources import Capture, Frame, make_source
@@ -149,10 +151,12 @@ class Agent(object):
         self.policy_topic = payloads.topic(cfg.mqtt.topic_prefix, cfg.device_id, "config", "sampling")
         link.subscriptions[self.policy_topic] = 1
         self._report_policy(outbox, "applied")
+        prefetch = Prefetch(caps, lambda frame: preprocess(frame.image, self.spec, input_color=frame.color)[None])
         link.start()
         publisher.start()
         for cap in caps:
             cap.start()
+        prefetch.start()
         metrics = None
         if cfg.metrics.enabled:
             from .metrics import MetricsServer
@@ -163,16 +167,12 @@ class Agent(object):
         deadline = None if duration is None else time.monotonic() + duration
         try:
             while not stop.is_set():
-                self._check_threads(caps, publisher)
+                self._check_threads(caps, publisher, prefetch)
                 self._read_messages(outbox)
                 progressed = False
-                for cap, cam in zip(caps, cfg.cameras):
-                    if max_frames is not None and self.processed >= max_frames:
-                        break
-                    frame = cap.take(timeout=0.05 if len(caps) == 1 else 0.01)
-                    if frame is None:
-                        continue
-                    self.process(cam.name, frame, outbox, trackers[cam.name], gates[cam.name])
+                item = prefetch.take(timeout=0.05)
+                if item is not None:
+                    self.process(item, outbox, trackers[item.camera], gates[item.camera])
                     publisher.wake()
                     progressed = True
                 if progressed or all(c.state in ("reconnecting", "ended") for c in caps):
@@ -187,13 +187,14 @@ class Agent(object):
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                if all(c.ended for c in caps) and not progressed:
+                if not progressed and prefetch.drained():
                     log.info("every camera reached the end of its input")
                     break
         finally:
             self.notifier.stopping()
             if metrics is not None:
                 metrics.stop()
+            prefetch.stop()
             for cap in caps:
                 cap.stop()
             self.commit_stats(outbox, max(1e-3, time.monotonic() - last_stats))
@@ -205,9 +206,10 @@ class Agent(object):
         return 0
 
     @staticmethod
-    def _check_threads(caps: List[Capture], publisher: Publisher) -> None:
+    def _check_threads(caps: List[Capture], publisher: Publisher, prefetch: Prefetch) -> None:
         """A worker thread that died of an unexpected error stops the agent (exit 6, systemd restarts it)."""
-        for worker, name in [(c, "camera %s" % c.name) for c in caps] + [(publisher, "MQTT publisher")]:
+        workers: List[Tuple[Any, str]] = [(c, "camera %s" % c.name) for c in caps]
+        for worker, name in workers + [(publisher, "MQTT publisher"), (prefetch, "preprocessing")]:
             if worker.failed is not None:
                 raise InferenceError("%s thread failed: %s: %s" % (name, type(worker.failed).__name__,
                                                                    worker.failed))
@@ -221,15 +223,15 @@ class Agent(object):
             log.warning("%d message(s) stay in the outbox for the next start", left)
 
     # -- per frame -------------------------------------------------------------------------------------------
-    def process(self, camera: str, frame: Frame, outbox: Outbox, tracker: decisions.StateTracker,
+    def process(self, item: Prepared, outbox: Outbox, tracker: decisions.StateTracker,
                 gate: decisions.PublishGate) -> None:
-        assert self.pkg is not None and self.rt is not None and self.spec is not None
+        """One preprocessed frame: inference, decisions, durable commit of what is published."""
+        assert self.pkg is not None and self.rt is not None
         cfg, m = self.cfg, self.pkg.manifest
+        camera, frame = item.camera, item.frame
         t0 = time.perf_counter()
-        x = preprocess(frame.image, self.spec, input_color=frame.color)[None]
-        t1 = time.perf_counter()
-        out = next(iter(self.rt.infer(x).values()))[0]
-        inference_ms = 1000.0 * (time.perf_counter() - t1)
+        out = next(iter(self.rt.infer(item.tensor).values()))[0]
+        inference_ms = 1000.0 * (time.perf_counter() - t0)
         probs = to_probabilities(out, m.output)
         preds = top_k(probs, m.labels, cfg.mqtt.top_k)
         best = preds[0]
@@ -265,8 +267,9 @@ class Agent(object):
             self._sample(camera, frame, outbox, decision.reason, best, threshold, topk, result, mono)
         elif decision.skipped is not None:
             self.sampler.skip(decision.skipped)
-        log.debug("%s frame %d: %s %.3f (%s) in %.1f ms", camera, frame.seq, best.label, best.score,
-                  "accepted" if accepted else "uncertain", 1000.0 * (time.perf_counter() - t0))
+        log.debug("%s frame %d: %s %.3f (%s), preprocessed in %.1f ms, inference to commit %.1f ms", camera,
+                  frame.seq, best.label, best.score, "accepted" if accepted else "uncertain", item.preprocess_ms,
+                  1000.0 * (time.perf_counter() - t0))
 
     def _mask_for(self, camera: str, height: int, width: int) -> Optional[np.ndarray]:
         cached = self._masks.get(camera)

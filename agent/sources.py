@@ -180,6 +180,7 @@ class Capture(object):
         self.state = "starting"  # starting | online | reconnecting | ended | stopped
         self.captured = 0
         self.dropped = 0  # frames replaced in the slot before the pipeline took them
+        self.taken = 0  # frames the pipeline took
         self.reconnects = 0
         self.last_error: Optional[str] = None
         self.failed: Optional[BaseException] = None  # an unexpected error ended the thread: the agent must exit
@@ -204,11 +205,19 @@ class Capture(object):
             if self._slot is None:
                 self._cond.wait(timeout)
             frame, self._slot = self._slot, None
+            if frame is not None:
+                self.taken += 1
             return frame
 
     @property
     def ended(self) -> bool:
         return self.state == "ended"
+
+    @property
+    def has_frame(self) -> bool:
+        """A frame is waiting in the slot."""
+        with self._cond:
+            return self._slot is not None
 
     def _put(self, frame: Frame) -> None:
         with self._cond:
