@@ -6,12 +6,12 @@ as the cameras allow; frames the cameras replaced in the meantime are dropped an
 stage, a frame costs the main loop its inference and commit only: preprocessing overlaps the previous inference.
 """
 import logging
-import threading
 import time
 from typing import Callable, List, NamedTuple, Optional
 
 import numpy as np
 
+from .slot import SlotWorker
 from .sources import Capture, Frame
 
 log = logging.getLogger(__name__)
@@ -24,40 +24,18 @@ class Prepared(NamedTuple):
     preprocess_ms: float
 
 
-class Prefetch(object):
-    """One thread that preprocesses frames from ``captures`` into a one-frame slot for the main loop."""
+class Prefetch(SlotWorker):
+    """One thread that preprocesses frames from ``captures`` into a one-frame slot; ``take`` gives a Prepared."""
 
     def __init__(self, captures: List[Capture], prepare: Callable[[Frame], np.ndarray]) -> None:
+        super().__init__("prefetch")
         self.captures = captures
         self.prepare = prepare
-        self.failed: Optional[BaseException] = None  # an unexpected error ended the thread: the agent must exit
         self.handed = 0  # prepared frames taken by the main loop
-        self._slot: Optional[Prepared] = None
         self._next = 0  # round robin over cameras
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
 
-    def start(self) -> "Prefetch":
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        self._thread.join(timeout)
-
-    def take(self, timeout: float) -> Optional[Prepared]:
-        """The prepared frame, waiting up to ``timeout`` s; None if none is ready."""
-        with self._cond:
-            if self._slot is None and self.failed is None:
-                self._cond.wait(timeout)
-            item, self._slot = self._slot, None
-            if item is not None:
-                self.handed += 1
-                self._cond.notify_all()  # the slot is free: prepare the next one
-            return item
+    def _taken(self, item: Prepared) -> None:
+        self.handed += 1  # (take() then wakes this thread to prepare the next one)
 
     def drained(self) -> bool:
         """Every camera reached the end of its input and every frame the cameras delivered was handed on.

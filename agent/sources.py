@@ -7,7 +7,6 @@ time is dropped and counted), and reopens a lost source with capped exponential 
 """
 import logging
 import os
-import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional
 
@@ -16,6 +15,7 @@ import numpy as np
 from ..calibration.images import list_images, load_image
 from ..errors import ConfigError, ImageError, MissingDependencyError, require_module
 from .config import SourceConfig
+from .slot import SlotWorker
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +169,12 @@ def make_source(cfg: SourceConfig) -> Source:
     raise ConfigError("unknown source type %r" % cfg.type, field="cameras.source.type")
 
 
-class Capture(object):
-    """One camera's capture thread with a latest-frame slot."""
+class Capture(SlotWorker):
+    """One camera's capture thread with a latest-frame slot; ``take`` gives the latest Frame not yet taken."""
 
     def __init__(self, name: str, source: Source, fps: float, reconnect_min: float = 0.5,
                  reconnect_max: float = 30.0) -> None:
+        super().__init__("capture-%s" % name)
         self.name, self.source = name, source
         self.period = 1.0 / fps
         self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
@@ -183,31 +184,9 @@ class Capture(object):
         self.taken = 0  # frames the pipeline took
         self.reconnects = 0
         self.last_error: Optional[str] = None
-        self.failed: Optional[BaseException] = None  # an unexpected error ended the thread: the agent must exit
-        self._slot: Optional[Frame] = None
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="capture-%s" % name, daemon=True)
 
-    def start(self) -> "Capture":
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        self._thread.join(timeout)
-
-    def take(self, timeout: float) -> Optional[Frame]:
-        """The latest frame not yet taken, waiting up to ``timeout`` s; None if none arrived."""
-        with self._cond:
-            if self._slot is None:
-                self._cond.wait(timeout)
-            frame, self._slot = self._slot, None
-            if frame is not None:
-                self.taken += 1
-            return frame
+    def _taken(self, item: Frame) -> None:
+        self.taken += 1
 
     @property
     def ended(self) -> bool:
