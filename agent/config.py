@@ -15,6 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .. import credentials
 from ..errors import ConfigError, validation_problems, yaml_problem
+from ..runtimes.registry import RUNTIME_NAMES
+
+
+def _repeated(names: List[str]) -> List[str]:
+    """The names that occur more than once, sorted."""
+    return sorted({n for n in names if names.count(n) > 1})
 
 
 class _Strict(BaseModel):
@@ -213,8 +219,7 @@ class SamplingPolicy(_Strict):
     @field_validator("strategies")
     @classmethod
     def _unique_reasons(cls, v: List[Any]) -> List[Any]:
-        names = [s.reason for s in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = _repeated([s.reason for s in v])
         if dup:
             raise ValueError("two strategies report the same reason %s: give one a 'name'" % ", ".join(dup))
         return v
@@ -252,7 +257,7 @@ class AgentConfig(_Strict):
     @field_validator("runtime")
     @classmethod
     def _runtime(cls, v: str) -> str:
-        allowed = ("auto", "onnxruntime", "tflite", "tensorrt")
+        allowed = ("auto",) + RUNTIME_NAMES
         if v not in allowed:
             raise ValueError("runtime must be one of %s, got %r" % (" | ".join(allowed), v))
         return v
@@ -267,8 +272,7 @@ class AgentConfig(_Strict):
     @field_validator("cameras")
     @classmethod
     def _unique_names(cls, v: List[CameraConfig]) -> List[CameraConfig]:
-        names = [c.name for c in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = _repeated([c.name for c in v])
         if dup:
             raise ValueError("camera names must be unique; repeated: %s" % ", ".join(dup))
         return v

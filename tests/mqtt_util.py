@@ -124,6 +124,10 @@ class Collector(object):
         with self.lock:
             return [(t, json.loads(p), r) for t, p, r in self.messages if t.endswith("/" + suffix) and p]
 
+    def saw_status(self, state: str) -> bool:
+        """A ``status`` message with this state has arrived."""
+        return any(p["state"] == state for _, p, _ in self.of("status"))
+
     def wait_for(self, predicate, timeout: float = 20.0) -> bool:
         end = time.time() + timeout
         while time.time() < end:
@@ -137,13 +141,18 @@ class Collector(object):
         self.client.disconnect()
 
 
+def folder_camera(path: str = os.path.join(EXAMPLE, "images", "val"), fps: float = 100, loop: bool = True,
+                  name: str = "front") -> list:
+    """The ``cameras`` section for one camera replaying an image folder (the example's validation split)."""
+    return [{"name": name, "source": {"type": "folder", "path": str(path), "fps": fps, "loop": loop}}]
+
+
 def agent_config(tmp_path, port: int, **over) -> str:
     """Write an agent YAML for the example package and return its path; ``over`` replaces top-level sections."""
     cfg = {
         "device_id": "dev1",
         "package": os.path.join(EXAMPLE, "package"),
-        "cameras": [{"name": "front", "source": {"type": "folder", "path": os.path.join(EXAMPLE, "images", "val"),
-                                                 "fps": 100, "loop": False}}],
+        "cameras": folder_camera(fps=100, loop=False),
         "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min": 1, "reconnect_max": 2},
         "outbox": {"path": str(tmp_path / "outbox.db")},
         "stats": {"interval": 1},

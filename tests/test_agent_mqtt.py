@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import EXAMPLE, require_or_skip, run_cli
-from mqtt_util import Broker, Collector, agent_config, finish, free_port, mosquitto_binary, start_agent
+from mqtt_util import (Broker, Collector, agent_config, finish, folder_camera, free_port, mosquitto_binary,
+                       start_agent)
 
 VAL = os.path.join(EXAMPLE, "images", "val")
 
@@ -39,7 +40,7 @@ def test_results_samples_state_stats_status_arrive_with_the_documented_payloads(
     cfg = agent_config(tmp_path, broker.port, thresholds={"default": 0.9999})
     code, out, err = finish(start_agent(cfg))
     assert code == 0, err[-3000:]
-    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")))
+    assert sub.wait_for(lambda s: s.saw_status("stopped"))
     results = [p for _, p, _ in sub.of("result")]
     stats = [p for _, p, _ in sub.of("stats")]
     processed, dropped = stats[-1]["frames"], stats[-1]["dropped_frames"]
@@ -75,15 +76,14 @@ def test_results_samples_state_stats_status_arrive_with_the_documented_payloads(
 
 def test_last_will_offline_when_the_agent_is_killed(broker, tmp_path):
     sub = Collector(broker.port)
-    cfg = agent_config(tmp_path, broker.port, cameras=[
-        {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 20, "loop": True}}])
+    cfg = agent_config(tmp_path, broker.port, cameras=folder_camera(fps=20))
     proc = start_agent(cfg)
     try:
-        assert sub.wait_for(lambda s: any(p["state"] == "online" for _, p, _ in s.of("status")), 30)
+        assert sub.wait_for(lambda s: s.saw_status("online"), 30)
         assert sub.wait_for(lambda s: len(s.of("result")) > 5, 20)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        assert sub.wait_for(lambda s: any(p["state"] == "offline" for _, p, _ in s.of("status")), 10)
+        assert sub.wait_for(lambda s: s.saw_status("offline"), 10)
     finally:
         proc.kill()
         sub.close()
@@ -91,8 +91,7 @@ def test_last_will_offline_when_the_agent_is_killed(broker, tmp_path):
 
 def test_sigterm_drains_and_exits_within_bounds(broker, tmp_path):
     sub = Collector(broker.port)
-    cfg = agent_config(tmp_path, broker.port, cameras=[
-        {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 50, "loop": True}}])
+    cfg = agent_config(tmp_path, broker.port, cameras=folder_camera(fps=50))
     proc = start_agent(cfg)
     assert sub.wait_for(lambda s: len(s.of("result")) > 20, 30)
     t0 = time.time()
@@ -100,7 +99,7 @@ def test_sigterm_drains_and_exits_within_bounds(broker, tmp_path):
     code, _, err = finish(proc, 30)
     assert code == 0, err[-2000:]
     assert time.time() - t0 < 10
-    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")), 5)
+    assert sub.wait_for(lambda s: s.saw_status("stopped"), 5)
     assert outbox_rows(str(tmp_path / "outbox.db"), "result") == []  # drained
     sub.close()
 
@@ -109,8 +108,7 @@ def test_broker_killed_and_restarted_three_times_loses_no_result(broker, tmp_pat
     sub = Collector(broker.port, persistent=True, client_id="persistent-collector")
     assert sub.wait_for(lambda s: s.client.is_connected(), 5)
     time.sleep(1.5)  # let mosquitto autosave the session before the first kill
-    cfg = agent_config(tmp_path, broker.port, cameras=[
-        {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 60, "loop": True}}])
+    cfg = agent_config(tmp_path, broker.port, cameras=folder_camera(fps=60))
     proc = start_agent(cfg, "--max-frames", "600", "--drain-timeout", "30")
     try:
         for _ in range(3):
@@ -135,8 +133,7 @@ def test_broker_killed_and_restarted_three_times_loses_no_result(broker, tmp_pat
 def test_agent_killed_mid_stream_loses_nothing_committed(tmp_path):
     require_or_skip(mosquitto_binary() is not None, "mosquitto")
     port = free_port()  # no broker yet: everything the agent accepts stays in the outbox
-    cfg = agent_config(tmp_path, port, cameras=[
-        {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 100, "loop": True}}])
+    cfg = agent_config(tmp_path, port, cameras=folder_camera(fps=100))
     db = str(tmp_path / "outbox.db")
     proc = start_agent(cfg)
 
@@ -262,7 +259,7 @@ def test_two_cameras_over_mqtt_311(broker, tmp_path):
         mqtt={"host": "127.0.0.1", "port": broker.port, "protocol": "3.1.1"})
     code, _, err = finish(start_agent(cfg, "--max-frames", "60"), 60)
     assert code == 0, err[-2000:]
-    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")), 10)
+    assert sub.wait_for(lambda s: s.saw_status("stopped"), 10)
     by_topic = {}
     for t, p, _ in sub.of("result"):
         by_topic.setdefault(t, []).append(p)
@@ -286,7 +283,7 @@ def test_each_runtime_classifies_the_frames_it_is_fed(broker, tmp_path, runtime,
     code, _, err = finish(start_agent(cfg, "--max-frames", "60"), 60)
     assert code == 0, err[-2000:]
     assert "on %s, frames preprocessed to %s" % (runtime, layout) in err
-    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")), 10)
+    assert sub.wait_for(lambda s: s.saw_status("stopped"), 10)
     results = [p for _, p, _ in sub.of("result")]
     assert len(results) == 60 and all(r["model"]["runtime"] == runtime for r in results)
     truth = [os.path.basename(os.path.dirname(p)) for p, _ in files]
@@ -314,7 +311,7 @@ def test_video_file_source(broker, tmp_path):
         {"name": "clip", "source": {"type": "video", "path": video, "fps": 100, "loop": False}}])
     code, _, err = finish(start_agent(cfg), 60)
     assert code == 0, err[-2000:]
-    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")), 10)
+    assert sub.wait_for(lambda s: s.saw_status("stopped"), 10)
     labels = [p["label"] for _, p, _ in sub.of("result")]
     assert 0 < len(labels) <= 12 and labels.count("four") >= len(labels) - 1  # MJPEG is lossy: allow one miss
     sub.close()
@@ -326,8 +323,7 @@ def test_metrics_endpoint_is_scraped(broker, tmp_path):
     from mqtt_util import free_port
 
     port = free_port()
-    cfg = agent_config(tmp_path, broker.port, metrics={"enabled": True, "port": port}, cameras=[
-        {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 50, "loop": True}}])
+    cfg = agent_config(tmp_path, broker.port, metrics={"enabled": True, "port": port}, cameras=folder_camera(fps=50))
     proc = start_agent(cfg)
     try:
         text = ""

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import EXAMPLE
 from edgesight.calibration.images import list_images
-from mqtt_util import Collector, agent_config, finish, publish, start_agent
+from mqtt_util import Collector, agent_config, finish, folder_camera, publish, start_agent
 
 VAL = os.path.join(EXAMPLE, "images", "val")
 
@@ -26,7 +26,7 @@ def run_until_stopped(broker, cfg):
     sub = Collector(broker.port)
     code, _, err = finish(start_agent(cfg))
     assert code == 0, err[-2000:]
-    assert sub.wait_for(lambda s: any(p["state"] == "stopped" for _, p, _ in s.of("status")))
+    assert sub.wait_for(lambda s: s.saw_status("stopped"))
     return sub
 
 
@@ -40,8 +40,8 @@ def every(**kw):
 
 def test_policy_from_the_fleet_is_validated_applied_and_reverted(broker, tmp_path):
     sub = Collector(broker.port)
-    cfg = agent_config(tmp_path, broker.port, thresholds={"default": 0.0}, stats={"interval": 0.5}, cameras=[
-        {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 20, "loop": True}}])
+    cfg = agent_config(tmp_path, broker.port, thresholds={"default": 0.0}, stats={"interval": 0.5},
+                       cameras=folder_camera(fps=20))
     proc = start_agent(cfg)
     topic = "edgesight/dev1/config/sampling"
 
@@ -92,8 +92,7 @@ def test_retained_policy_applies_at_start_and_stats_carry_drift(broker, tmp_path
     publish(broker.port, "edgesight/dev1/config/sampling",
             json.dumps({"strategies": [{"type": "margin", "max_margin": 1.0}], "max_per_minute": 3,
                         "min_gap": 0}).encode(), retain=True)
-    cfg = agent_config(tmp_path, broker.port, cameras=[
-        {"name": "front", "source": {"type": "folder", "path": VAL, "fps": 30, "loop": False}}])
+    cfg = agent_config(tmp_path, broker.port, cameras=folder_camera(fps=30, loop=False))
     sub = run_until_stopped(broker, cfg)
     samples = [p for _, p, _ in sub.of("sample")]
     assert len(samples) == 3 and {s["reason"] for s in samples} == {"margin"}  # the fleet's cap, not the YAML's
@@ -139,8 +138,7 @@ def test_near_duplicate_frames_are_skipped_and_counted(broker, tmp_path):
         shutil.copy(f, str(folder / ("b%02d.png" % i)))
     cfg = agent_config(tmp_path, broker.port, thresholds={"default": 0.0},
                        samples=every(max_per_minute=None, dedup={"max_distance": 4}),
-                       cameras=[{"name": "front", "source": {"type": "folder", "path": str(folder), "fps": 10,
-                                                            "loop": False}}])
+                       cameras=folder_camera(folder, fps=10, loop=False))
     sub = run_until_stopped(broker, cfg)
     samples = [p for _, p, _ in sub.of("sample")]
     stats = sub.of("stats")[-1][1]
