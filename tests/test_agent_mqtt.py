@@ -208,23 +208,33 @@ def test_folder_camera_emptied_and_refilled_reports_and_recovers(broker, tmp_pat
         sub.close()
 
 
-def test_sd_notify_ready_watchdog_stopping(broker, tmp_path):
+def notify_datagrams(tmp_path, cfg, *args, timeout=30.0, finish_timeout=60.0):
+    """Run the agent with ``$NOTIFY_SOCKET`` on a real datagram socket: (exit code, stderr, the datagrams it sent up
+    to STOPPING=1, read for at most ``timeout`` s)."""
     path = str(tmp_path / "notify.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     srv.bind(path)
-    srv.settimeout(30)
-    cfg = agent_config(tmp_path, broker.port)
-    proc = start_agent(cfg, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+    srv.settimeout(1)
+    proc = start_agent(cfg, *args, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
     got = []
+    end = time.time() + timeout
     try:
-        while True:
-            msg = srv.recv(4096).decode()
+        while time.time() < end:
+            try:
+                msg = srv.recv(4096).decode()
+            except socket.timeout:
+                continue
             got.append(msg)
             if "STOPPING=1" in msg:
                 break
     finally:
-        code, _, err = finish(proc, 60)
+        code, _, err = finish(proc, finish_timeout)
         srv.close()
+    return code, err, got
+
+
+def test_sd_notify_ready_watchdog_stopping(broker, tmp_path):
+    code, err, got = notify_datagrams(tmp_path, agent_config(tmp_path, broker.port))
     assert code == 0, err[-2000:]
     ready = [i for i, m in enumerate(got) if m.startswith("READY=1")]
     watchdog = [i for i, m in enumerate(got) if m == "WATCHDOG=1"]
@@ -350,28 +360,10 @@ def test_metrics_endpoint_is_scraped(broker, tmp_path):
 
 
 def test_watchdog_keeps_pinging_while_the_camera_is_in_a_reported_outage(broker, tmp_path):
-    path = str(tmp_path / "notify.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    srv.bind(path)
-    srv.settimeout(1)
     cfg = agent_config(tmp_path, broker.port, cameras=[
         {"name": "front", "source": {"type": "folder", "path": str(tmp_path / "not-there-yet"), "fps": 10,
                                      "reconnect_min": 0.2, "reconnect_max": 0.5}}])
-    proc = start_agent(cfg, "--duration", "3", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
-    got = []
-    end = time.time() + 30
-    try:
-        while time.time() < end:
-            try:
-                msg = srv.recv(4096).decode()
-            except socket.timeout:
-                continue
-            got.append(msg)
-            if "STOPPING=1" in msg:
-                break
-    finally:
-        code, _, err = finish(proc, 30)
-        srv.close()
+    code, err, got = notify_datagrams(tmp_path, cfg, "--duration", "3", finish_timeout=30)
     assert code == 0, err[-2000:]
     assert got.count("WATCHDOG=1") >= 3  # no frames at all, but the outage is known and reported
     assert "not-there-yet does not exist" in err
