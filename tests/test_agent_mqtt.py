@@ -336,19 +336,23 @@ def test_metrics_endpoint_is_scraped(broker, tmp_path):
     cfg = agent_config(tmp_path, broker.port, metrics={"enabled": True, "port": port}, cameras=folder_camera(fps=50))
     proc = start_agent(cfg)
     try:
+        def frames_in(text):
+            values = [ln.split()[1] for ln in text.splitlines() if ln.startswith("edgesight_frames_total ")]
+            return float(values[0]) if values else 0.0
+
+        # Wait for a sent *result*: the retained status message is sent before the first frame is processed.
         text = ""
         end = time.time() + 30
         while time.time() < end:
             try:
                 text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=2).read().decode()
-                if "edgesight_frames_total" in text and 'event="sent"' in text:
+                if frames_in(text) > 0 and 'event="sent",kind="result"' in text:
                     break
             except OSError:
                 pass
             time.sleep(0.3)
         assert "# TYPE edgesight_frames_total counter" in text, text
-        frames = float([ln for ln in text.splitlines() if ln.startswith("edgesight_frames_total ")][0].split()[1])
-        assert frames > 0
+        assert frames_in(text) > 0, text
         assert 'edgesight_camera_up{camera="front",state="online"} 1.0' in text
         assert "edgesight_mqtt_connected 1.0" in text and 'edgesight_inference_ms{quantile="0.95"}' in text
         assert 'edgesight_outbox_events_total{event="sent",kind="result"}' in text
