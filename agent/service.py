@@ -215,8 +215,14 @@ class Agent(object):
                                                                    worker.failed))
 
     def _drain(self, outbox: Outbox, link: MqttLink) -> None:
+        """Publish what the outbox holds for up to ``drain_timeout`` seconds, waiting for a reconnect when the
+        broker is away at that moment (a broker restart during a stop must not strand results until the next
+        start); the publisher and paho's reconnect loop keep running meanwhile."""
         end = time.monotonic() + self.drain_timeout
-        while time.monotonic() < end and outbox.depth() > 0 and link.connected.is_set():
+        if outbox.depth() > 0 and not link.connected.is_set() and self.drain_timeout > 0:
+            log.info("broker away: waiting up to %.0f s to publish %d message(s)", self.drain_timeout,
+                     outbox.depth())
+        while time.monotonic() < end and outbox.depth() > 0:
             time.sleep(0.05)
         left = outbox.depth()
         if left:

@@ -130,6 +130,40 @@ def test_broker_killed_and_restarted_three_times_loses_no_result(broker, tmp_pat
     sub.close()
 
 
+def committed_results(db: str) -> int:
+    """Results the agent has committed to its outbox so far (0 while the file or its tables do not exist yet)."""
+    if not os.path.exists(db):
+        return 0
+    try:
+        return len(outbox_rows(db, "result"))
+    except sqlite3.OperationalError:  # the file exists but the agent is still creating its tables
+        return 0
+
+
+def test_stop_while_the_broker_is_away_waits_for_it_and_drains(broker, tmp_path):
+    sub = Collector(broker.port, persistent=True, client_id="drain-collector")
+    assert sub.wait_for(lambda s: s.client.is_connected(), 5)
+    broker.stop()  # a clean stop saves the collector's session
+    cfg = agent_config(tmp_path, broker.port, cameras=folder_camera(fps=100))
+    proc = start_agent(cfg, "--max-frames", "20", "--drain-timeout", "60")
+    try:
+        db = str(tmp_path / "outbox.db")
+        end = time.time() + 30
+        while time.time() < end and committed_results(db) < 20:
+            time.sleep(0.2)
+        time.sleep(1.0)  # all 20 frames done: the agent is in its drain, with the broker away
+        assert proc.poll() is None, "the agent gave up on the outbox while the broker was away"
+        broker.start()
+        code, _, err = finish(proc, 90)
+    finally:
+        proc.kill()
+    assert code == 0, err[-2000:]
+    assert "broker away: waiting up to 60 s to publish" in err
+    assert sub.wait_for(lambda s: len({p["id"] for _, p, _ in s.of("result")}) == 20, 30)
+    assert outbox_rows(db) == []
+    sub.close()
+
+
 def test_agent_killed_mid_stream_loses_nothing_committed(tmp_path):
     require_or_skip(mosquitto_binary() is not None, "mosquitto")
     port = free_port()  # no broker yet: everything the agent accepts stays in the outbox
@@ -137,14 +171,8 @@ def test_agent_killed_mid_stream_loses_nothing_committed(tmp_path):
     db = str(tmp_path / "outbox.db")
     proc = start_agent(cfg)
 
-    def committed_count():
-        try:
-            return len(outbox_rows(db, "result"))
-        except sqlite3.OperationalError:  # the file exists but the agent is still creating its tables
-            return 0
-
     end = time.time() + 30
-    while time.time() < end and (not os.path.exists(db) or committed_count() < 50):
+    while time.time() < end and committed_results(db) < 50:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
