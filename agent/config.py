@@ -1,47 +1,52 @@
 """The agent's YAML config, validated at start-up (docs/agent-config.md documents every key).
 
-Errors name the field and its line and say what is allowed; unknown keys are errors (typos must not pass
-silently); secrets come from a file or the environment and are never logged or echoed.
+Read with the one loader (:mod:`edgesight.configfile`: bounded, UTF-8, no duplicate keys, no aliases); errors name
+the field and its line and say what is allowed; unknown keys are errors (typos must not pass silently). Relative
+paths are relative to the config file's folder (systemd starts the agent in ``/``). Thresholds use the package's
+own rules and ``per_class`` must name labels of the package; ``runtime_options`` are the backends' own config
+classes; the topic prefix and every name that becomes a topic level are checked here, before anything is committed.
+Secrets come from a file or the environment and are never logged or echoed.
 """
-import json
 import os
 import socket
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from typing_extensions import Annotated, Literal, get_args  # pydantic's dependency; typing has them from 3.9
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from typing_extensions import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from .. import configfile
+from ..contract import client
+from ..contract.policy import SamplingPolicy, repeated, strip_union_tags
+from ..contract.topics import check_prefix
+from ..errors import ConfigError
+from ..runtimes.manifest import MANIFEST, PerClassThresholds, Probability, read_manifest, unknown_labels
+from ..runtimes.ort_backend import OnnxRuntimeConfig
+from ..runtimes.registry import RUNTIME_NAMES, config_class
+from ..runtimes.tensorrt_backend import TensorRTConfig
+from ..runtimes.tflite_backend import TfliteConfig
 
-from .. import credentials
-from ..errors import ConfigError, validation_problems, yaml_problem
-from ..runtimes.registry import RUNTIME_NAMES
-
-
-def _repeated(names: List[str]) -> List[str]:
-    """The names that occur more than once, sorted."""
-    return sorted({n for n in names if names.count(n) > 1})
+_LEVEL = r"^[A-Za-z0-9_-]{1,32}$"  # a camera name: one MQTT topic level and a safe file-name part
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SourceConfig(_Strict):
     """Where frames come from. ``type`` selects the kind; only that kind's keys apply."""
 
     type: str = Field(description="folder | video | v4l2 | url | gstreamer | jetson_csi | pi_libcamera")
-    path: Optional[str] = None  # folder, video
+    path: Optional[str] = Field(None, max_length=4096)  # folder, video
     device: Optional[Union[int, str]] = None  # v4l2: index or /dev/videoN
-    url: Optional[str] = None  # rtsp:// http://
-    pipeline: Optional[str] = None  # gstreamer, ending in appsink
-    sensor_id: int = 0  # jetson_csi
-    width: Optional[int] = Field(None, ge=16)
-    height: Optional[int] = Field(None, ge=16)
-    fps: float = Field(10.0, gt=0, description="frames per second to process at most")
+    url: Optional[str] = Field(None, max_length=4096)  # rtsp:// http://
+    pipeline: Optional[str] = Field(None, max_length=8192)  # gstreamer, ending in appsink
+    sensor_id: int = Field(0, ge=0, le=64)  # jetson_csi
+    width: Optional[int] = Field(None, ge=16, le=16384)
+    height: Optional[int] = Field(None, ge=16, le=16384)
+    fps: float = Field(10.0, gt=0, le=1000, description="frames per second to process at most")
     loop: bool = True  # folder, video: start again at the end
-    reconnect_min: float = Field(0.5, gt=0)
-    reconnect_max: float = Field(30.0, gt=0)
+    reconnect_min: float = Field(0.5, gt=0, le=3600)
+    reconnect_max: float = Field(30.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _required_for_type(self) -> "SourceConfig":
@@ -62,28 +67,31 @@ class SourceConfig(_Strict):
 
 
 class CameraConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="used in MQTT topics")
+    name: str = Field(pattern=_LEVEL, description="used in MQTT topics")
     source: SourceConfig
     # polygons blacked out in every sample before it leaves the device (never changed over MQTT)
-    privacy_masks: List[List[Tuple[float, float]]] = Field(default_factory=list)
+    privacy_masks: List[List[Tuple[float, float]]] = Field(default_factory=list, max_length=64)
     mask_units: Literal["pixels", "relative"] = "pixels"
 
     @model_validator(mode="after")
     def _polygons(self) -> "CameraConfig":
         for i, poly in enumerate(self.privacy_masks):
-            if len(poly) < 3:
-                raise ValueError("privacy_masks[%d] needs at least 3 points [x, y], got %d" % (i, len(poly)))
+            if not 3 <= len(poly) <= 1024:
+                raise ValueError("privacy_masks[%d] needs 3 to 1024 points [x, y], got %d" % (i, len(poly)))
             if self.mask_units == "relative" and not all(0 <= c <= 1 for pt in poly for c in pt):
                 raise ValueError("privacy_masks[%d]: relative coordinates lie in [0, 1]" % i)
-            if self.mask_units == "pixels" and not all(c >= 0 for pt in poly for c in pt):
+            if self.mask_units == "pixels" and not all(0 <= c <= 1e5 for pt in poly for c in pt):
                 raise ValueError("privacy_masks[%d]: pixel coordinates are >= 0" % i)
         return self
 
 
 class ThresholdsConfig(_Strict):
-    default: Optional[float] = Field(None, ge=0.0, le=1.0, description="override the package's default")
-    per_class: Dict[str, float] = Field(default_factory=dict)
-    hysteresis: int = Field(1, ge=1, description="consecutive agreeing accepted frames before state changes")
+    """The package's thresholds with the package's rules: probabilities, ``per_class`` keys are its labels."""
+
+    default: Optional[Probability] = Field(None, description="override the package's default")
+    per_class: PerClassThresholds = Field(default_factory=dict)
+    hysteresis: int = Field(1, ge=1, le=10000, description="consecutive agreeing accepted frames before state "
+                                                           "changes")
 
 
 class TlsConfig(_Strict):
@@ -99,20 +107,20 @@ class TlsConfig(_Strict):
 
 
 class MqttConfig(_Strict):
-    host: str = "localhost"
+    host: str = Field("localhost", min_length=1, max_length=253)
     port: int = Field(1883, ge=1, le=65535)
     protocol: str = "5"
-    topic_prefix: str = "edgesight"
-    client_id: Optional[str] = None
-    username: Optional[str] = None
+    topic_prefix: str = Field("edgesight", max_length=200)
+    client_id: Optional[str] = Field(None, min_length=1, max_length=128)
+    username: Optional[str] = Field(None, max_length=256)
     password_file: Optional[str] = None
-    password_env: Optional[str] = None
+    password_env: Optional[str] = Field(None, max_length=256)
     tls: Optional[TlsConfig] = None
     keepalive: int = Field(30, ge=5, le=3600)
-    reconnect_min: float = Field(1.0, gt=0)
-    reconnect_max: float = Field(60.0, gt=0)
+    reconnect_min: float = Field(1.0, gt=0, le=3600)
+    reconnect_max: float = Field(60.0, gt=0, le=3600)
     publish_mode: str = "every_frame"
-    min_interval: float = Field(0.0, ge=0)
+    min_interval: float = Field(0.0, ge=0, le=86400)
     top_k: int = Field(3, ge=1, le=20)
     inflight: int = Field(20, ge=1, le=1000, description="unacknowledged QoS 1 messages at most")
 
@@ -121,7 +129,7 @@ class MqttConfig(_Strict):
     def _protocol(cls, v: Any) -> str:
         v = str(v)
         if v not in ("5", "3.1.1"):
-            raise ValueError("protocol must be 5 or 3.1.1, got %r" % v)
+            raise ValueError("protocol must be 5 or 3.1.1, got %r" % v[:20])
         return v
 
     @field_validator("publish_mode")
@@ -131,6 +139,8 @@ class MqttConfig(_Strict):
             raise ValueError("publish_mode must be every_frame or on_change, got %r" % v)
         return v
 
+    _prefix = field_validator("topic_prefix")(check_prefix)
+
     @model_validator(mode="after")
     def _secrets(self) -> "MqttConfig":
         if self.password_file and self.password_env:
@@ -139,97 +149,28 @@ class MqttConfig(_Strict):
             raise ValueError("a password needs a username")
         return self
 
+    def settings(self, device_id: str, password: Optional[str]) -> client.ClientSettings:
+        """The paho set-up these options describe (shared with ``edgesight doctor``)."""
+        tls = self.tls
+        return client.ClientSettings(
+            host=self.host, port=self.port, client_id=self.client_id or "edgesight-%s" % device_id,
+            protocol=self.protocol, username=self.username, password=password, tls=tls is not None,
+            ca_file=tls.ca_file if tls else None, cert_file=tls.cert_file if tls else None,
+            key_file=tls.key_file if tls else None, keepalive=self.keepalive, reconnect_min=self.reconnect_min,
+            reconnect_max=self.reconnect_max)
+
 
 class OutboxConfig(_Strict):
     path: str = "/var/lib/edgesight/outbox.db"
-    max_bytes: int = Field(64 << 20, ge=1 << 16)
-    max_attempts: int = Field(5, ge=1, description="broker refusals before a message is dead-lettered")
-
-
-class _Strategy(_Strict):
-    name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$",
-                                description="the sample's reason (default: the type); needed for two of a type")
-    per_minute: Optional[int] = Field(None, ge=0)
-    per_hour: Optional[int] = Field(None, ge=0)
-    per_day: Optional[int] = Field(None, ge=0)
-
-    @property
-    def reason(self) -> str:
-        """What a sample this strategy takes reports as its ``reason``."""
-        return self.name or self.type  # type: ignore[attr-defined]  # every subclass has a ``type`` tag
-
-
-class LowConfidence(_Strategy):
-    type: Literal["low_confidence"]
-
-
-class NearThreshold(_Strategy):
-    type: Literal["near_threshold"]
-    band: float = Field(0.05, gt=0, le=1)
-
-
-class Margin(_Strategy):
-    type: Literal["margin"]
-    max_margin: float = Field(0.1, gt=0, le=1)
-
-
-class RandomBaseline(_Strategy):
-    type: Literal["random"]
-    rate: float = Field(0.01, ge=0, le=1, description="fraction of accepted frames")
-
-
-class ClassTarget(_Strategy):
-    type: Literal["class_target"]
-    classes: List[str] = Field(default_factory=list)
-    min_per_day: Optional[int] = Field(None, ge=1, description="favour classes with fewer samples in 24 h")
-
-    @model_validator(mode="after")
-    def _needs_a_target(self) -> "ClassTarget":
-        if not self.classes and self.min_per_day is None:
-            raise ValueError("class_target needs 'classes' or 'min_per_day'")
-        return self
-
-
-_STRATEGIES = (LowConfidence, NearThreshold, Margin, RandomBaseline, ClassTarget)
-Strategy = Annotated[Union[_STRATEGIES], Field(discriminator="type")]
-
-
-class DedupConfig(_Strict):
-    enabled: bool = True
-    max_distance: int = Field(4, ge=0, le=32, description="pHash bits that may differ for a near-duplicate")
-    window: int = Field(32, ge=1, le=4096, description="recent samples per camera compared with")
-    ttl: float = Field(3600.0, gt=0, description="seconds a sample's hash is remembered")
-
-
-class SamplingPolicy(_Strict):
-    """What becomes a sample. The ``samples`` section of the YAML, or a retained JSON message on
-    ``<prefix>/<device>/config/sampling`` that replaces it at run time (docs/sampling.md)."""
-
-    enabled: bool = True
-    strategies: List[Strategy] = Field(default_factory=lambda: [LowConfidence(type="low_confidence")],
-                                       min_length=1)
-    max_per_minute: Optional[int] = Field(6, ge=0, description="device-wide cap")
-    max_per_hour: Optional[int] = Field(None, ge=0)
-    max_per_day: Optional[int] = Field(None, ge=0)
-    min_gap: float = Field(5.0, ge=0, description="seconds between two samples")
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
-    max_bytes: int = Field(128 * 1024, ge=4096, le=256 * 1024, description="whole MQTT payload, JPEG included")
-    jpeg_quality: int = Field(85, ge=10, le=100)
-
-    @field_validator("strategies")
-    @classmethod
-    def _unique_reasons(cls, v: List[Any]) -> List[Any]:
-        dup = _repeated([s.reason for s in v])
-        if dup:
-            raise ValueError("two strategies report the same reason %s: give one a 'name'" % ", ".join(dup))
-        return v
+    max_bytes: int = Field(64 << 20, ge=1 << 16, le=1 << 40)
+    max_attempts: int = Field(5, ge=1, le=1000, description="broker refusals before a message is dead-lettered")
 
 
 SamplesConfig = SamplingPolicy
 
 
 class StatsConfig(_Strict):
-    interval: float = Field(30.0, gt=0)
+    interval: float = Field(30.0, gt=0, le=86400)
 
 
 class MetricsConfig(_Strict):
@@ -238,14 +179,31 @@ class MetricsConfig(_Strict):
     port: int = Field(9464, ge=0, le=65535)
 
 
+class RuntimeOptions(_Strict):
+    """Options per backend, each validated by the backend's own config class (beside its code). In YAML either
+    ``runtime_options: {onnxruntime: {threads: 2}, tflite: {threads: 4}}`` or, for the one runtime named by
+    ``runtime`` (with ``auto``: every runtime that has all the keys given), ``runtime_options: {threads: 2}``."""
+
+    onnxruntime: Optional[OnnxRuntimeConfig] = None
+    tflite: Optional[TfliteConfig] = None
+    tensorrt: Optional[TensorRTConfig] = None
+
+    def for_runtime(self, name: str) -> Optional[BaseModel]:
+        return getattr(self, name, None)
+
+
+def _option_names(name: str) -> List[str]:
+    return sorted(config_class(name).model_fields)
+
+
 class AgentConfig(_Strict):
-    device_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0],
+    device_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0][:64] or "edgesight",
                            pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    package: str
+    package: str = Field(min_length=1, max_length=4096)
     runtime: str = "auto"
-    runtime_options: Dict[str, Any] = Field(default_factory=dict)
+    runtime_options: RuntimeOptions = Field(default_factory=RuntimeOptions)
     engine_cache: str = Field("/var/cache/edgesight/engines", description="TensorRT engines built on this device")
-    cameras: List[CameraConfig] = Field(min_length=1)
+    cameras: List[CameraConfig] = Field(min_length=1, max_length=64)
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
@@ -262,6 +220,22 @@ class AgentConfig(_Strict):
             raise ValueError("runtime must be one of %s, got %r" % (" | ".join(allowed), v))
         return v
 
+    @field_validator("runtime_options", mode="before")
+    @classmethod
+    def _options_per_runtime(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return {}
+        if not isinstance(v, dict) or not v or set(v) <= set(RUNTIME_NAMES):
+            return v  # already per runtime (or wrong: pydantic says so)
+        runtime = info.data.get("runtime", "auto")
+        if runtime != "auto":
+            return {runtime: v}
+        takers = [n for n in RUNTIME_NAMES if set(v) <= set(_option_names(n))]
+        if not takers:
+            raise ValueError("no runtime has the option(s) %s (%s)" % (", ".join(sorted(map(str, v))), "; ".join(
+                "%s: %s" % (n, ", ".join(_option_names(n))) for n in RUNTIME_NAMES)))
+        return {n: v for n in takers}
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, v: str) -> str:
@@ -272,106 +246,108 @@ class AgentConfig(_Strict):
     @field_validator("cameras")
     @classmethod
     def _unique_names(cls, v: List[CameraConfig]) -> List[CameraConfig]:
-        dup = _repeated([c.name for c in v])
+        dup = repeated([c.name for c in v])
         if dup:
             raise ValueError("camera names must be unique; repeated: %s" % ", ".join(dup))
         return v
 
 
-_STRATEGY_TYPES = tuple(get_args(cls.model_fields["type"].annotation)[0] for cls in _STRATEGIES)
+# -- loading ---------------------------------------------------------------------------------------------------
+PATH_FIELDS = (("package",), ("engine_cache",), ("outbox", "path"), ("mqtt", "password_file"),
+               ("mqtt", "tls", "ca_file"), ("mqtt", "tls", "cert_file"), ("mqtt", "tls", "key_file"))
 
 
-def _yaml_locs(errors: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """pydantic puts the tag of a tagged union into the location (strategies.0.margin.band); YAML has no such key."""
-    out = []
-    for e in errors:
-        loc = list(e["loc"])
-        for i in range(len(loc) - 1, 1, -1):
-            if loc[i - 2] == "strategies" and isinstance(loc[i - 1], int) and loc[i] in _STRATEGY_TYPES:
-                del loc[i]
-        out.append(dict(e, loc=tuple(loc)))
+def resolve_paths(data: Dict[str, Any], base: str) -> Dict[str, Any]:
+    """A copy of the raw config with every relative path made relative to ``base`` (the config's folder)."""
+    import copy
+
+    out = copy.deepcopy(data)
+
+    def fix(holder: Any, key: str) -> None:
+        if isinstance(holder, dict) and isinstance(holder.get(key), str) and holder[key] and \
+                not os.path.isabs(holder[key]):
+            holder[key] = os.path.normpath(os.path.join(base, holder[key]))
+
+    for loc in PATH_FIELDS:
+        holder: Any = out
+        for part in loc[:-1]:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        fix(holder, loc[-1])
+    cameras = out.get("cameras")
+    for cam in cameras if isinstance(cameras, list) else []:
+        src = cam.get("source") if isinstance(cam, dict) else None
+        if isinstance(src, dict) and src.get("type") in ("folder", "video"):
+            fix(src, "path")
     return out
 
 
-def _line_of(root: Optional[yaml.Node], loc: Tuple[Any, ...]) -> Optional[int]:
-    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
-    node, line = root, (root.start_mark.line + 1 if root is not None else None)
-    for part in loc:
-        nxt = None
-        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            for k, v in node.value:
-                if getattr(k, "value", None) == part:
-                    nxt, line = v, k.start_mark.line + 1
-                    break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            nxt = node.value[part]
-            line = nxt.start_mark.line + 1
-        if nxt is None:
-            break
-        node = nxt
-    return line
+def _yaml_locs(doc: configfile.Document):
+    """Error locations as the YAML spells them: no union tags, no runtime key pydantic added to flat options."""
+    opts = doc.data.get("runtime_options") if isinstance(doc.data, dict) else None
+
+    def fix(errors: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        out = []
+        for e in strip_union_tags(errors):
+            loc = tuple(e["loc"])
+            if loc[:1] == ("runtime_options",) and len(loc) > 2 and loc[1] in RUNTIME_NAMES and \
+                    isinstance(opts, dict) and loc[1] not in opts:
+                loc = loc[:1] + loc[2:]
+            out.append(dict(e, loc=loc))
+        return out
+
+    return fix
 
 
 def load_config(path: str) -> AgentConfig:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError("cannot read config file (%s)" % exc.strerror, file=path)
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(yaml_problem(exc), file=path)
-    if not isinstance(data, dict):
-        raise ConfigError("expected a mapping of settings (package, cameras, mqtt, ...)", file=path)
-    try:
-        cfg = AgentConfig(**data)
-    except ValidationError as exc:
-        problems, field = validation_problems(_yaml_locs(exc.errors()), lambda loc: _line_of(root, loc))
-        raise ConfigError("invalid config: %s. Every key: docs/agent-config.md" % problems, file=path, field=field)
-    try:
-        check_files(cfg)
-    except ConfigError as exc:
-        raise ConfigError(exc.message, file=path, field=exc.field)
+    """The validated config at ``path``; ConfigError (exit 2) naming the field and line, PackageError (exit 3)
+    when the package it names exists but is broken."""
+    doc = configfile.load(path, "agent config", ConfigError, expect="settings (package, cameras, mqtt, ...)")
+    data = resolve_paths(doc.data, os.path.dirname(os.path.abspath(path)))
+    cfg = configfile.validate(AgentConfig, doc, ConfigError, what="config", hint="Every key: docs/agent-config.md",
+                              fix_locs=_yaml_locs(doc), data=data)
+    check_files(cfg, doc)
+    check_package(cfg, doc)
     return cfg
 
 
-def check_files(cfg: AgentConfig) -> None:
-    """Files the config names must be readable now, not at the first TLS handshake."""
+def check_files(cfg: AgentConfig, doc: Optional[configfile.Document] = None) -> None:
+    """Files the config names must be usable now, not at the first TLS handshake."""
     tls = cfg.mqtt.tls
-    for field, path in (("mqtt.tls.ca_file", tls and tls.ca_file), ("mqtt.tls.cert_file", tls and tls.cert_file),
-                        ("mqtt.tls.key_file", tls and tls.key_file), ("mqtt.password_file", cfg.mqtt.password_file)):
-        if path and not os.access(path, os.R_OK):
-            raise ConfigError("cannot read %s (%s)" % (path, "no such file" if not os.path.exists(path) else
-                                                       "permission denied"), field=field)
+    for loc, p in ((("mqtt", "tls", "ca_file"), tls and tls.ca_file), (("mqtt", "tls", "cert_file"),
+                   tls and tls.cert_file), (("mqtt", "tls", "key_file"), tls and tls.key_file),
+                   (("mqtt", "password_file"), cfg.mqtt.password_file)):
+        if p and not os.access(p, os.R_OK):
+            _raise(doc, loc, "cannot read %s (%s)" % (p, "no such file" if not os.path.exists(p) else
+                                                       "permission denied"))
+    try:
+        if tls is not None:
+            client.check_tls(tls.ca_file, tls.cert_file, tls.key_file)
+        client.read_password(cfg.mqtt.password_file, None)  # the environment is the service's, not this shell's
+    except ConfigError as exc:
+        _raise(doc, tuple(str(exc.field).split(".")), exc.message)
+
+
+def _raise(doc: Optional[configfile.Document], loc: Tuple[Any, ...], message: str) -> None:
+    if doc is None:
+        from ..errors import field_path
+
+        raise ConfigError(message, field=field_path(loc))
+    raise configfile.problem_at(doc, loc, message)
+
+
+def check_package(cfg: AgentConfig, doc: Optional[configfile.Document] = None) -> None:
+    """``thresholds.per_class`` must name labels of the package (when the package is there to ask)."""
+    manifest_path = os.path.join(cfg.package, MANIFEST)
+    if not cfg.thresholds.per_class or not os.path.isfile(manifest_path):
+        return
+    labels = read_manifest(manifest_path).labels
+    unknown = unknown_labels(cfg.thresholds.per_class, labels)
+    if unknown:
+        _raise(doc, ("thresholds", "per_class", unknown[0]), "names %s, which %s not among the labels of %s "
+               "(%s)" % (", ".join(repr(u) for u in unknown[:5]), "is" if len(unknown) == 1 else "are",
+                         cfg.package, ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")))
 
 
 def read_password(cfg: MqttConfig) -> Optional[str]:
     """The MQTT password from its file or environment variable (never logged)."""
-    return credentials.read_password(cfg.password_file, cfg.password_env, "mqtt.password_file", "mqtt.password_env")
-
-
-MAX_POLICY_BYTES = 64 * 1024
-
-
-def parse_policy(payload: bytes) -> SamplingPolicy:
-    """A sampling policy from the fleet: a JSON object with the keys of the ``samples`` section (and optionally
-    ``"v": 1``). Keys left out take their defaults. Raises ConfigError naming the field."""
-    where = "config/sampling payload"
-    if len(payload) > MAX_POLICY_BYTES:
-        raise ConfigError("is %d bytes; at most %d" % (len(payload), MAX_POLICY_BYTES), file=where)
-    try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError("is not JSON (%s)" % exc, file=where)
-    if not isinstance(data, dict):
-        raise ConfigError("must be a JSON object with the keys of the samples section", file=where)
-    version = data.pop("v", 1)
-    if version != 1:
-        raise ConfigError("has schema version %r; this agent understands 1" % (version,), file=where, field="v")
-    try:
-        return SamplingPolicy(**data)
-    except ValidationError as exc:
-        problems, field = validation_problems(_yaml_locs(exc.errors()), lambda loc: None)
-        raise ConfigError("invalid sampling policy: %s" % problems, file=where, field=field)
+    return client.read_password(cfg.password_file, cfg.password_env)

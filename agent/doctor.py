@@ -142,27 +142,25 @@ def check_cameras(paths: Optional[List[str]] = None) -> List[Check]:
     return out
 
 
-def check_broker(mqtt_cfg: Any, timeout: float = 5.0) -> Check:
-    """A real MQTT handshake with the configured TLS and credentials."""
-    try:
-        import paho.mqtt.client as mqtt
-    except ImportError:
-        return Check("broker", "skip", "paho-mqtt not installed", "pip install 'edgesight[agent]'")
+def check_broker(mqtt_cfg: Any, device_id: str = "doctor", timeout: float = 5.0) -> Check:
+    """A real MQTT handshake with the agent's own client set-up (the same TLS settings and credentials)."""
+    from ..contract.client import make_client
+    from ..errors import EdgesightError
     from .config import read_password
 
-    target = "%s:%d" % (mqtt_cfg.host, mqtt_cfg.port)
-    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                         client_id="edgesight-doctor-%d" % os.getpid(),
-                         protocol=mqtt.MQTTv5 if mqtt_cfg.protocol == "5" else mqtt.MQTTv311)
-    result: Dict[str, Any] = {}
-    client.on_connect = lambda c, u, f, rc, p: result.setdefault("rc", rc)
     try:
-        if mqtt_cfg.username:
-            client.username_pw_set(mqtt_cfg.username, read_password(mqtt_cfg))
-        if mqtt_cfg.tls is not None:
-            client.tls_set(ca_certs=mqtt_cfg.tls.ca_file, certfile=mqtt_cfg.tls.cert_file,
-                           keyfile=mqtt_cfg.tls.key_file, cert_reqs=ssl.CERT_REQUIRED)
+        import paho.mqtt.client  # noqa: F401
+    except ImportError:
+        return Check("broker", "skip", "paho-mqtt not installed", "pip install 'edgesight[agent]'")
+    target = "%s:%d" % (mqtt_cfg.host, mqtt_cfg.port)
+    result: Dict[str, Any] = {}
+    try:
+        settings = mqtt_cfg.settings(device_id, read_password(mqtt_cfg))
+        client = make_client(settings._replace(client_id="edgesight-doctor-%d" % os.getpid()))
+        client.on_connect = lambda c, u, f, rc, p: result.setdefault("rc", rc)
         client.connect(mqtt_cfg.host, mqtt_cfg.port, keepalive=10)
+    except EdgesightError as exc:  # an unreadable password file, a CA that is not PEM, ...
+        return Check("broker", "fail", str(exc), "fix the mqtt section of the config")
     except ssl.SSLError as exc:
         return Check("broker", "fail", "TLS handshake with %s failed: %s" % (target, exc),
                      "check mqtt.tls.ca_file is the CA that signed the broker's certificate, and that mqtt.host "
@@ -170,8 +168,6 @@ def check_broker(mqtt_cfg: Any, timeout: float = 5.0) -> Check:
     except OSError as exc:
         return Check("broker", "fail", "cannot reach %s: %s" % (target, exc),
                      "check mqtt.host/port, that the broker runs and that no firewall blocks it")
-    except Exception as exc:  # config errors (unreadable password file ...)
-        return Check("broker", "fail", "%s: %s" % (type(exc).__name__, exc), "fix the mqtt section of the config")
     client.loop_start()
     end = time.time() + timeout
     while "rc" not in result and time.time() < end:
@@ -229,16 +225,14 @@ def check_clock() -> Check:
 def check_package_fits(package: str, runtime: str) -> Check:
     from ..errors import EdgesightError
     from ..runtimes.package import ModelPackage
-    from .service import choose_artifact
 
     try:
         pkg = ModelPackage.load(package)
-        _, art = choose_artifact(pkg, runtime)
+        choice = pkg.artifact_for(runtime)
     except EdgesightError as exc:
         return Check("package", "fail", str(exc), "convert the model for this device's runtime (edgesight convert)")
     return Check("package", "ok", "%s %s: this device runs %s on %s" % (pkg.manifest.name, pkg.manifest.version,
-                                                                      art.file, "tensorrt" if art.profile ==
-                                                                      "tensorrt-qdq" else art.runtime))
+                                                                      choice.artifact.file, choice.runtime))
 
 
 def run(config_path: Optional[str] = None, package: Optional[str] = None) -> List[Check]:
@@ -259,7 +253,7 @@ def run(config_path: Optional[str] = None, package: Optional[str] = None) -> Lis
     checks += check_platform()
     checks += check_cameras()
     if cfg is not None:
-        checks.append(check_broker(cfg.mqtt))
+        checks.append(check_broker(cfg.mqtt, cfg.device_id))
         checks.append(check_outbox(cfg.outbox.path))
         checks.append(check_package_fits(cfg.package, cfg.runtime))
     else:

@@ -13,6 +13,7 @@ import sys
 from typing import Dict, List, Optional
 
 from ..errors import ConfigError, EdgesightError
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,7 @@ def _write(path: str, content: str, mode: int, overwrite: bool, report: List[str
             report.append("kept      %s" % path)
             return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(content)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    atomic_write(path, content, mode)
     report.append("wrote     %s" % path)
 
 

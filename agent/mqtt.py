@@ -7,22 +7,17 @@ publisher thread.
 """
 import logging
 import queue
-import ssl
 import threading
 import time
 from collections import deque
 from typing import Deque, Dict, Optional, Tuple
 
-from ..errors import require_module
-from . import payloads
+from ..contract import payloads, topics
+from ..contract.client import make_client, paho
 from .config import MqttConfig
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
-
-
-def _paho():
-    return require_module("paho.mqtt.client", "The agent's MQTT link", "agent", package="paho-mqtt")
 
 
 class MqttLink(object):
@@ -38,21 +33,11 @@ class MqttLink(object):
         self.subscriptions: Dict[str, int] = {}  # topic -> QoS, (re)subscribed on every connect
         self.messages: "queue.Queue[Tuple[str, bytes]]" = queue.Queue(maxsize=64)  # read by the main loop
         self._stopping = False
-        mqtt = _paho()
-        self._mqtt = mqtt
-        protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
-        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=cfg.client_id or "edgesight-%s" % device_id, protocol=protocol)
-        self.status_topic = payloads.topic(cfg.topic_prefix, device_id, "status")
+        self._mqtt = paho("The agent's MQTT link", "agent")
+        self.client = make_client(cfg.settings(device_id, password))  # TLS, credentials, backoff: as doctor tests
+        self.status_topic = topics.topic(cfg.topic_prefix, device_id, topics.STATUS)
         self.client.will_set(self.status_topic, payloads.encode(payloads.status("offline", device_id)), qos=1,
                              retain=True)
-        if cfg.username:
-            self.client.username_pw_set(cfg.username, password)
-        if cfg.tls is not None:
-            # server verification always (CERT_REQUIRED + hostname check); client cert for mutual TLS
-            self.client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file,
-                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self.client.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min)), max_delay=int(cfg.reconnect_max))
         self.client.max_inflight_messages_set(cfg.inflight)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from edgesight.agent import payloads  # noqa: E402
+from edgesight.contract import payloads  # noqa: E402
 from edgesight.fleet.store import read_manifest  # noqa: E402
 from mqtt_util import Broker  # noqa: E402
 

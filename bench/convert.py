@@ -29,7 +29,8 @@ from edgesight.calibration.dataset import ImageFolder, OrtCalibrationReader  # n
 from edgesight.calibration.preprocess import PreprocessSpec, to_layout  # noqa: E402
 from edgesight.converters import onnx_quant, tflite, toolchain  # noqa: E402
 from edgesight.converters.convert import ConvertOptions, convert  # noqa: E402
-from edgesight.converters.package_builder import read_labels, read_preprocess  # noqa: E402
+from edgesight.calibration.preprocess import read_preprocess  # noqa: E402
+from edgesight.files import read_labels  # noqa: E402
 from edgesight.runtimes import create_runtime  # noqa: E402
 
 TARGETS = ("onnx-int8-trt", "onnx-int8-cpu", "tflite-int8")

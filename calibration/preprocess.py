@@ -13,7 +13,7 @@ Steps, in this order, all described by :class:`PreprocessSpec` (the ``preprocess
 4. ``layout``: ``nchw`` gives (C, H, W), ``nhwc`` gives (H, W, C); the batch functions add N in front.
 """
 import math
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,6 +23,7 @@ from ..errors import ImageError
 RESIZE_MODES = ("letterbox", "center_crop", "stretch")
 COLORS = ("rgb", "bgr", "gray")
 LAYOUTS = ("nchw", "nhwc")
+MAX_SIDE = 8192
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, for RGB order
 
@@ -30,7 +31,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, for R
 class PreprocessSpec(BaseModel):
     """How an image becomes the model's input tensor. Stored in the package; validated on load."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     size: Tuple[int, int] = Field(description="(height, width) of the model input")
     resize: str = "letterbox"
@@ -44,8 +45,8 @@ class PreprocessSpec(BaseModel):
     @field_validator("size")
     @classmethod
     def _size_positive(cls, v: Tuple[int, int]) -> Tuple[int, int]:
-        if v[0] <= 0 or v[1] <= 0:
-            raise ValueError("size must be two positive integers [height, width], got %s" % (list(v),))
+        if not (0 < v[0] <= MAX_SIDE and 0 < v[1] <= MAX_SIDE):
+            raise ValueError("size must be two integers [height, width] in 1..%d, got %s" % (MAX_SIDE, list(v)))
         return v
 
     @field_validator("resize")
@@ -97,6 +98,16 @@ class PreprocessSpec(BaseModel):
         if self.layout == "nchw":
             return (batch, self.channels, self.height, self.width)
         return (batch, self.height, self.width, self.channels)
+
+
+def read_preprocess(path: str) -> PreprocessSpec:
+    """A preprocessing spec from its YAML file (the one loader: bounded, UTF-8, no duplicate keys, no aliases)."""
+    from .. import configfile
+    from ..errors import ConfigError
+
+    doc = configfile.load(path, "preprocessing spec", ConfigError,
+                          expect="size, resize, color, scale, mean, std, layout")
+    return configfile.validate(PreprocessSpec, doc, ConfigError, what="preprocessing spec")
 
 
 def _one_of(value: str, allowed: Sequence[str], name: str) -> str:
@@ -202,12 +213,32 @@ def preprocess_batch(images: Iterable[np.ndarray], spec: PreprocessSpec, input_c
     return np.stack(out, axis=0)
 
 
+_AXES = {("nchw", "nhwc"): (0, 2, 3, 1), ("nhwc", "nchw"): (0, 3, 1, 2)}
+
+
+def _axes(src: str, dst: str) -> Tuple[int, int, int, int]:
+    try:
+        return _AXES[(src, dst)]
+    except KeyError:
+        raise ValueError("unknown layouts %r -> %r" % (src, dst))
+
+
 def to_layout(batch: np.ndarray, src: str, dst: str) -> np.ndarray:
-    """Transpose a 4-D batch between ``nchw`` and ``nhwc``."""
+    """Transpose a 4-D batch between ``nchw`` and ``nhwc`` (the one place the axes are swapped)."""
     if src == dst:
         return batch
-    if (src, dst) == ("nchw", "nhwc"):
-        return np.ascontiguousarray(np.transpose(batch, (0, 2, 3, 1)))
-    if (src, dst) == ("nhwc", "nchw"):
-        return np.ascontiguousarray(np.transpose(batch, (0, 3, 1, 2)))
-    raise ValueError("unknown layouts %r -> %r" % (src, dst))
+    return np.ascontiguousarray(np.transpose(batch, _axes(src, dst)))
+
+
+def layout_shape(shape: Sequence[Optional[int]], src: str, dst: str) -> Tuple[Optional[int], ...]:
+    """A 4-D shape (N first) in ``src`` layout, expressed in ``dst`` layout; other shapes are returned as they are."""
+    shape = tuple(shape)
+    if len(shape) != 4 or src == dst:
+        return shape
+    return tuple(shape[i] for i in _axes(src, dst))
+
+
+def chw(shape: Sequence[Optional[int]], layout: str) -> Tuple[Optional[int], ...]:
+    """(channels, height, width) of an image tensor shape, 4-D (N first) or 3-D, in ``layout``."""
+    c_h_w = layout_shape((None,) + tuple(shape)[-3:], layout, "nchw")
+    return tuple(c_h_w[1:])

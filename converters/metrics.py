@@ -3,6 +3,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..runtimes.evaluate import accuracy, agreement
+
 
 def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     """Rows: true class, columns: predicted class."""
@@ -46,11 +48,11 @@ def compare(outputs: np.ndarray, probs: np.ndarray, labels: Sequence[str], truth
     res: Dict[str, object] = {"images": int(len(pred)), "confidence_histogram": histogram(probs.max(axis=1))}
     if truth is not None:
         cm = confusion_matrix(truth, pred, len(labels))
-        res["top1"] = float((pred == truth).mean())
+        res["top1"] = accuracy(pred, truth)
         res["confusion"] = cm.tolist()
         res["per_class"] = per_class(cm, labels)
     if ref_outputs is not None:
-        res["agreement"] = float((pred == ref_outputs.argmax(axis=1)).mean())
+        res["agreement"] = agreement(probs, ref_outputs)
         res["cosine_mean"] = float(cosine_rows(outputs, ref_outputs).mean())
         res["cosine_min"] = float(cosine_rows(outputs, ref_outputs).min())
     return res

@@ -1,15 +1,16 @@
-"""Create a model package from a plain FP32 ONNX + labels + preprocessing spec (the converter adds INT8 later)."""
+"""Create a model package from a plain FP32 ONNX + labels + preprocessing spec (the converter adds INT8 later).
+Reading the labels and spec files is :func:`files.read_labels` and :func:`calibration.preprocess.read_preprocess`;
+writing the manifest is :mod:`runtimes.package_write`."""
 import logging
 import os
-import shutil
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
-import yaml
-
-from ..calibration.preprocess import PreprocessSpec
-from ..errors import ConfigError, PackageError, validation_problems, yaml_problem
-from ..runtimes.package import MANIFEST, SCHEMA, Manifest, ModelPackage, sha256_file
+from ..calibration.preprocess import PreprocessSpec, chw
+from ..errors import ConfigError, PackageError
+from ..files import atomic_copy
+from ..runtimes.manifest import MANIFEST, SCHEMA, Manifest, sha256_file
+from ..runtimes.package import ModelPackage
+from ..runtimes.package_write import write_manifest
 from ..runtimes.tflite_backend import check_flatbuffer
 from .onnx_model import read_interface
 
@@ -19,44 +20,9 @@ FP32_ONNX = "model.fp32.onnx"
 FP32_TFLITE = "model.fp32.tflite"
 
 
-def read_labels(path: str) -> List[str]:
-    """One label per line; blank lines and lines starting with # are ignored."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            labels = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-    except OSError as exc:
-        raise ConfigError("cannot read labels file (%s)" % exc.strerror, file=path)
-    if not labels:
-        raise ConfigError("labels file is empty; write one class name per line, in model output order", file=path)
-    dup = sorted({x for x in labels if labels.count(x) > 1})
-    if dup:
-        raise ConfigError("labels must be unique; repeated: %s" % ", ".join(dup), file=path)
-    return labels
-
-
-def read_preprocess(path: str) -> PreprocessSpec:
-    from pydantic import ValidationError
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except OSError as exc:
-        raise ConfigError("cannot read preprocessing spec (%s)" % exc.strerror, file=path)
-    except yaml.YAMLError as exc:
-        raise ConfigError(yaml_problem(exc), file=path)
-    if not isinstance(data, dict):
-        raise ConfigError("expected a mapping with size, resize, color, scale, mean, std, layout", file=path)
-    try:
-        return PreprocessSpec(**data)
-    except ValidationError as exc:
-        problems, field = validation_problems(exc.errors())
-        raise ConfigError("invalid preprocessing spec: %s" % problems, file=path, field=field)
-
-
 def _check_onnx_matches(onnx_path: str, labels: Sequence[str], spec: PreprocessSpec) -> None:
     iface = read_interface(onnx_path)
-    n, *dims = iface.input_shape
-    c, h, w = dims if spec.layout == "nchw" else (dims[2], dims[0], dims[1])
+    c, h, w = chw(iface.input_shape, spec.layout)
     problems = []
     if c is not None and c != spec.channels:
         problems.append("the model takes %d channel(s) but color '%s' gives %d" % (c, spec.color, spec.channels))
@@ -79,6 +45,9 @@ def create_fp32_package(onnx_path: str, labels: Sequence[str], spec: PreprocessS
     _check_onnx_matches(onnx_path, labels, spec)
     if tflite_path is not None:
         check_flatbuffer(tflite_path)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError("is an existing file; the package is a directory: give a new or existing folder",
+                          file=out_dir, field="--out")
     if os.path.exists(os.path.join(out_dir, MANIFEST)) and not overwrite:
         raise PackageError("a package already exists here; pass --force to replace it", file=out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -89,8 +58,7 @@ def create_fp32_package(onnx_path: str, labels: Sequence[str], spec: PreprocessS
     for dest, src in files.items():
         target = os.path.join(out_dir, dest)
         if os.path.abspath(src) != os.path.abspath(target):
-            shutil.copyfile(src, target + ".tmp")
-            os.replace(target + ".tmp", target)
+            atomic_copy(src, target)
 
     digest = {dest: sha256_file(os.path.join(out_dir, dest)) for dest in files}
     artifacts: List[Dict[str, Any]] = [
@@ -108,21 +76,3 @@ def create_fp32_package(onnx_path: str, labels: Sequence[str], spec: PreprocessS
     write_manifest(out_dir, manifest)
     log.info("wrote package %s (%d artifact(s))", out_dir, len(artifacts))
     return ModelPackage.load(out_dir)
-
-
-def write_manifest(out_dir: str, manifest: Manifest) -> str:
-    """Atomically write ``edgesight.yaml`` (temp file, fsync, rename)."""
-    path = os.path.join(out_dir, MANIFEST)
-    fd, tmp = tempfile.mkstemp(prefix=".edgesight.", suffix=".yaml", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(manifest.to_yaml_dict(), f, sort_keys=False, default_flow_style=None, width=120)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

@@ -1,19 +1,15 @@
 """``report.json`` and a self-contained ``report.html`` (inline SVG plots, no scripts, no external files)."""
 import html
 import json
-import os
 from typing import Any, Dict, List, Optional, Sequence
+
+from ..files import atomic_write
 
 PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
 
 
 def write_json(report: Dict[str, Any], path: str) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(report, indent=2) + "\n")
 
 
 def _esc(x: Any) -> str:
@@ -135,11 +131,7 @@ Gate: accuracy drop &le; %(drop)s pt, agreement &ge; %(agree)s.</p>
        "agree": _esc(report["gate"]["min_agreement"]), "rows": "".join(rows),
        "failures": ('<h2 class="fail">Targets that failed</h2><ul class="fail">%s</ul>' % failures) if failures
        else "", "plots": "\n".join(plots), "edgesight": _esc(report["edgesight"])}
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(doc)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, doc)
 
 
 def _fmt(v: Any, pattern: str = "%.5f") -> str:

@@ -10,14 +10,15 @@ Threads: paho's network thread only queues messages; the main loop validates, st
 import logging
 import queue
 import socket
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import BrokerError, ConfigError, require_module
-from .contract import Rejected, parse_sample
+from ..contract.client import CLI_FIELDS, ClientSettings, make_client
+from ..contract.topics import sample_subscription
+from ..errors import BrokerError, ConfigError
+from .intake import Rejected, parse_sample
 from .store import Dataset
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,14 @@ class CollectOptions:
     connect_timeout: float = 30.0
 
     def topic(self) -> str:
-        plain = "%s/+/+/sample" % self.topic_prefix.rstrip("/")
+        plain = sample_subscription(self.topic_prefix)
         return "$share/%s/%s" % (self.group, plain) if self.share else plain
+
+    def settings(self, client_id: str) -> ClientSettings:
+        return ClientSettings(host=self.host, port=self.port, client_id=client_id, protocol="5",
+                              username=self.username, password=self.password, tls=self.tls, ca_file=self.ca_file,
+                              cert_file=self.cert_file, key_file=self.key_file, keepalive=self.keepalive,
+                              reconnect_min=1, reconnect_max=self.reconnect_max, manual_ack=True, fields=CLI_FIELDS)
 
 
 @dataclass
@@ -76,21 +83,12 @@ class Collector(object):
         self.connected = threading.Event()
         self.fatal: Optional[str] = None
         self.connects = 0
-        mqtt = require_module("paho.mqtt.client", "edgesight collect", "fleet", package="paho-mqtt")
+        self.client = make_client(opts.settings(self.client_id), "edgesight collect", "fleet")
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        self._mqtt = mqtt
-        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                  protocol=mqtt.MQTTv5, manual_ack=True)
-        if opts.username:
-            self.client.username_pw_set(opts.username, opts.password)
-        if opts.tls or opts.ca_file or opts.cert_file:
-            self.client.tls_set(ca_certs=opts.ca_file, certfile=opts.cert_file, keyfile=opts.key_file,
-                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self._props = Properties(PacketTypes.CONNECT)
         self._props.SessionExpiryInterval = int(opts.session_expiry)
-        self.client.reconnect_delay_set(1, max(1, int(opts.reconnect_max)))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message

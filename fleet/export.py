@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 from xml.sax.saxutils import quoteattr
 
 from ..errors import ConfigError
-from .contract import folder_name
+from .intake import folder_name
 from .store import MANIFEST, read_manifest
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
+from ..contract.payloads import iso
 from ..errors import ConfigError
-from .contract import Sample, folder_name, manifest_record
+from ..files import atomic_write, fsync_dir
+from .intake import Sample, folder_name, manifest_record
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +33,6 @@ MANIFEST = "manifest.jsonl"
 REJECTED = "_rejected"
 LOCK = ".collect.lock"
 TMP = ".tmp"
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".%03dZ" % int((ts % 1) * 1000)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_synced(path: str, data: bytes, flags: int = os.O_CREAT | os.O_EXCL) -> None:
@@ -55,14 +45,6 @@ def _write_synced(path: str, data: bytes, flags: int = os.O_CREAT | os.O_EXCL) -
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_durable(path: str, data: bytes) -> None:
-    """``data`` at ``path``, complete or not at all: temporary file, fsync, rename (the folder fsync is the
-    caller's, once per batch)."""
-    tmp = "%s.%s%s" % (path, uuid.uuid4().hex[:8], TMP)
-    _write_synced(tmp, data)
-    os.replace(tmp, path)
 
 
 def read_manifest(root: str) -> Iterator[Dict[str, Any]]:
@@ -171,7 +153,7 @@ class Dataset(object):
         list(self._pool.map(lambda st: _write_synced(st[2], st[0].jpeg), [st for st in staged if st[1]]))
         stored, dupes = 0, 0
         lines, folders = [], set()
-        received = _iso(time.time())
+        received = iso(time.time())
         with self._locked():
             self._catch_up()
             for s, rel, tmp, digest in staged:
@@ -190,7 +172,7 @@ class Dataset(object):
                 stored += 1
             if lines:
                 # the renames are durable before the manifest says the files exist
-                list(self._pool.map(_fsync_dir, sorted(folders)))
+                list(self._pool.map(fsync_dir, sorted(folders)))
                 data = "".join(lines).encode("utf-8")
                 _write_synced(self.manifest_path, data, os.O_CREAT | os.O_APPEND)
                 self._offset += len(data)
@@ -199,20 +181,19 @@ class Dataset(object):
     def reject(self, topic: str, body: bytes, reason: str, keep_bytes: int = 1 << 20) -> str:
         """File a payload that was not stored under ``_rejected/`` with the reason; returns the file name."""
         now = time.time()
-        name = "%s_%s.json" % (_iso(now).replace("-", "").replace(":", ""), uuid.uuid4().hex[:12])
+        name = "%s_%s.json" % (iso(now).replace("-", "").replace(":", ""), uuid.uuid4().hex[:12])
         kept = body[:keep_bytes]
         try:
             text: Optional[str] = kept.decode("utf-8")
         except UnicodeDecodeError:
             text = None
-        rec = {"reason": reason, "topic": topic, "received": _iso(now), "collector": self.collector,
+        rec = {"reason": reason, "topic": topic, "received": iso(now), "collector": self.collector,
                "size": len(body), "truncated": len(body) > keep_bytes}
         if text is not None:
             rec["payload"] = text
         else:
             rec["payload_base64"] = base64.b64encode(kept).decode("ascii")
-        write_durable(os.path.join(self.root, REJECTED, name), json.dumps(rec, indent=1).encode("utf-8"))
-        _fsync_dir(os.path.join(self.root, REJECTED))
+        atomic_write(os.path.join(self.root, REJECTED, name), json.dumps(rec, indent=1), sync_dir=True)
         return name
 
     def close(self) -> None:

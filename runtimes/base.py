@@ -12,7 +12,7 @@ from typing import ClassVar, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from ..calibration.preprocess import LAYOUTS, to_layout
+from ..calibration.preprocess import LAYOUTS, layout_shape, to_layout
 from ..errors import ModelFileError, RuntimeStateError
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class Runtime(object):
                                         % batch.dtype)
             batch = batch.astype(np.float32)
         spec = self._inputs[0]
-        expected = _shape_in(spec.shape, self.layout, self.input_layout)
+        expected = layout_shape(spec.shape, self.layout, self.input_layout)
         if batch.ndim != len(expected) or batch.shape[0] == 0 or any(
                 e is not None and e != g for e, g in zip(expected[1:], batch.shape[1:])):
             raise RuntimeStateError(
@@ -149,14 +149,6 @@ class Runtime(object):
 
     def _close(self) -> None:
         pass
-
-
-def _shape_in(shape: Tuple[Optional[int], ...], model_layout: str, caller_layout: str) -> Tuple[Optional[int], ...]:
-    """The model's input shape expressed in the caller's layout."""
-    if len(shape) != 4 or model_layout == caller_layout:
-        return tuple(shape)
-    n, a, b, c = shape
-    return (n, c, a, b) if model_layout == "nhwc" else (n, b, c, a)
 
 
 def _fmt(shape: Tuple[Optional[int], ...]) -> str:

@@ -1,151 +1,43 @@
-"""Model packages: a directory with ``edgesight.yaml`` and the model files it names (schema in docs/package.md).
+"""Model packages on disk: a directory with ``edgesight.yaml`` (schema: :mod:`runtimes.manifest`) and the model files
+it names.
 
-Loading checks the schema version, every field, that each file exists inside the package, and its sha256; a bad
-package is refused with a :class:`PackageError` naming the file and the field. Opening a runtime also checks that
-the model's output size matches the label count.
+Loading checks the schema, every field, that each file exists inside the package (symlinks resolved: a link out of
+the package is refused like a ``../`` path) and its sha256; a bad package is a :class:`PackageError` naming the file
+and the field. :meth:`ModelPackage.artifact_for` is the one rule for which artifact a device runs, and
+:meth:`ModelPackage.open_runtime` opens it (building or reusing a TensorRT engine where that is the choice) and
+checks the model's input and output against the preprocessing and the labels.
 """
-import hashlib
 import logging
 import os
-from typing import Any, Dict, List, Optional, Tuple, Union
+import platform
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from ..calibration.preprocess import PreprocessSpec
-from ..errors import MissingDependencyError, PackageError, validation_problems, yaml_problem
+from ..calibration.preprocess import PreprocessSpec, chw
+from ..errors import MissingDependencyError, PackageError
 from .base import Runtime
-from .registry import RUNTIME_NAMES, create_runtime, installed_runtimes, is_installed
+from .manifest import MANIFEST, SCHEMA, Artifact, FileRef, Manifest, read_manifest, sha256_file
+from .registry import create_runtime, installed_runtimes, is_installed
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "edgesight.package/1"
-MANIFEST = "edgesight.yaml"
-PRECISIONS = ("fp32", "fp16", "int8")
+__all__ = ["MANIFEST", "SCHEMA", "Artifact", "Choice", "FileRef", "Manifest", "ModelPackage", "load_package",
+           "sha256_file"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Choice(NamedTuple):
+    """An artifact to run and the runtime that runs it (``tensorrt`` for the Q/DQ ONNX a device builds from)."""
 
-
-_SHA256 = r"^[0-9a-f]{64}$"
-
-
-def _inside_package(v: str) -> str:
-    if os.path.isabs(v) or os.path.normpath(v).startswith(".."):
-        raise ValueError("must be a path inside the package directory, got %r" % v)
-    return v
-
-
-class FileRef(_Strict):
-    file: str
-    sha256: str = Field(pattern=_SHA256)
-
-    _file_inside = field_validator("file")(_inside_package)
-
-
-class Thresholds(_Strict):
-    default: float = Field(0.8, ge=0.0, le=1.0)
-    per_class: Dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("per_class")
-    @classmethod
-    def _in_range(cls, v: Dict[str, float]) -> Dict[str, float]:
-        bad = [k for k, t in v.items() if not 0.0 <= t <= 1.0]
-        if bad:
-            raise ValueError("thresholds must be between 0 and 1 (%s)" % ", ".join(bad))
-        return v
-
-
-class Artifact(_Strict):
+    index: int
+    artifact: Artifact
     runtime: str
-    file: str
-    precision: str
-    sha256: str = Field(pattern=_SHA256)
-    layout: Optional[str] = None  # the artifact's own input layout; default per runtime
-    profile: Optional[str] = None  # e.g. tensorrt-qdq / cpu for INT8 ONNX
-    built_for: Optional[Dict[str, str]] = None  # TensorRT engines: tensorrt version, device, compute capability
-    io: Optional[Dict[str, Any]] = None  # input/output dtype and quantization (scale, zero_point) as recorded
-    validation: Optional[Dict[str, Any]] = None
-
-    _file_inside = field_validator("file")(_inside_package)
-
-    @field_validator("runtime")
-    @classmethod
-    def _known_runtime(cls, v: str) -> str:
-        if v not in RUNTIME_NAMES:
-            raise ValueError("must be one of %s, got %r" % (" | ".join(RUNTIME_NAMES), v))
-        return v
-
-    @field_validator("precision")
-    @classmethod
-    def _known_precision(cls, v: str) -> str:
-        if v not in PRECISIONS:
-            raise ValueError("must be one of %s, got %r" % (" | ".join(PRECISIONS), v))
-        return v
-
-    @field_validator("layout")
-    @classmethod
-    def _known_layout(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and v not in ("nchw", "nhwc"):
-            raise ValueError("must be nchw or nhwc, got %r" % v)
-        return v
 
 
-class Manifest(_Strict):
-    """The content of ``edgesight.yaml``."""
-
-    schema_: str = Field(alias="schema")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    version: str = Field(min_length=1)
-    labels: List[str] = Field(min_length=1)
-    source: FileRef
-    preprocess: PreprocessSpec
-    output: str = "logits"
-    thresholds: Thresholds = Field(default_factory=Thresholds)
-    artifacts: List[Artifact] = Field(min_length=1)
-    validation: Optional[Dict[str, Any]] = None
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @field_validator("output")
-    @classmethod
-    def _known_output(cls, v: str) -> str:
-        if v not in ("logits", "probabilities"):
-            raise ValueError("must be 'logits' or 'probabilities', got %r" % v)
-        return v
-
-    @field_validator("labels")
-    @classmethod
-    def _unique_labels(cls, v: List[str]) -> List[str]:
-        seen, dup = set(), []
-        for label in v:
-            if not str(label).strip():
-                raise ValueError("labels must not be empty strings")
-            if label in seen:
-                dup.append(label)
-            seen.add(label)
-        if dup:
-            raise ValueError("labels must be unique; repeated: %s" % ", ".join(dup))
-        return v
-
-    @model_validator(mode="after")
-    def _thresholds_name_labels(self) -> "Manifest":
-        unknown = [k for k in self.thresholds.per_class if k not in self.labels]
-        if unknown:
-            raise ValueError("thresholds.per_class names classes that are not in labels: %s" % ", ".join(unknown))
-        return self
-
-    def to_yaml_dict(self) -> Dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def default_engine_cache() -> str:
+    env = os.environ.get("EDGESIGHT_ENGINE_CACHE")
+    if env:
+        return env
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "edgesight", "engines")
 
 
 class ModelPackage(object):
@@ -191,36 +83,12 @@ class ModelPackage(object):
         if not os.path.isfile(manifest_path):
             raise PackageError("this directory has no %s, so it is not a model package. Create one with "
                                "`edgesight package create`." % MANIFEST, file=path)
-        manifest = cls._parse(manifest_path)
-        pkg = cls(path, manifest)
+        pkg = cls(path, read_manifest(manifest_path))
         pkg._check_files(verify_hashes)
         return pkg
 
-    @staticmethod
-    def _parse(manifest_path: str) -> Manifest:
-        try:
-            with open(manifest_path, "rb") as f:
-                data = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise PackageError("%s. Fix the file or re-create the package." % yaml_problem(exc), file=manifest_path)
-        if not isinstance(data, dict):
-            raise PackageError("expected a YAML mapping of fields (schema, name, labels, ...), got %s"
-                               % type(data).__name__, file=manifest_path)
-        schema = data.get("schema")
-        if schema is None:
-            raise PackageError("missing; this edgesight reads '%s'" % SCHEMA, file=manifest_path, field="schema")
-        if schema != SCHEMA:
-            raise PackageError("unsupported schema %r; this edgesight reads '%s'. Re-create the package with this "
-                               "edgesight version or upgrade edgesight." % (schema, SCHEMA),
-                               file=manifest_path, field="schema")
-        try:
-            return Manifest(**data)
-        except ValidationError as exc:
-            problems, field = validation_problems(exc.errors())
-            raise PackageError("invalid package manifest: %s. See docs/package.md for the schema." % problems,
-                               file=manifest_path, field=field)
-
     def _check_files(self, verify_hashes: bool) -> None:
+        root = os.path.realpath(self.root)
         refs = [("source", self.manifest.source)] + [
             ("artifacts[%d]" % i, a) for i, a in enumerate(self.manifest.artifacts)]
         for field, ref in refs:
@@ -229,6 +97,11 @@ class ModelPackage(object):
                 raise PackageError("names file %r, which does not exist in the package (%s). Copy the whole "
                                    "package directory." % (ref.file, full), file=self.manifest_path,
                                    field=field + ".file")
+            real = os.path.realpath(full)
+            if os.path.commonpath([root, real]) != root:
+                raise PackageError("%r resolves to %s, outside the package directory (a symbolic link out of the "
+                                   "package); copy the file into the package" % (ref.file, real),
+                                   file=self.manifest_path, field=field + ".file")
             if verify_hashes:
                 actual = sha256_file(full)
                 if actual != ref.sha256:
@@ -237,68 +110,95 @@ class ModelPackage(object):
                                        % (ref.file, actual[:16] + "...", ref.sha256[:16] + "..."),
                                        file=self.manifest_path, field=field + ".sha256")
 
-    # -- runtimes --------------------------------------------------------------------------------------------
-    def artifact_for(self, runtime: Optional[str] = None) -> Tuple[int, Artifact]:
-        """The artifact to run: the first for ``runtime``, or with ``None``/``auto`` the first whose runtime is
-        installed here (the agent issue adds device-aware choice)."""
-        arts = list(enumerate(self.manifest.artifacts))
-        if runtime and runtime != "auto":
-            for i, a in arts:
-                if a.runtime == runtime:
-                    return i, a
-            raise PackageError("has no artifact for runtime %r (it has: %s)"
-                               % (runtime, ", ".join(sorted({a.runtime for _, a in arts}))),
-                               file=self.manifest_path, field="artifacts")
-        for i, a in arts:
-            if is_installed(a.runtime):
-                return i, a
-        raise MissingDependencyError("Running this package", "onnx", module="a runtime for one of its artifacts",
-                                     detail="artifacts: %s; installed runtimes: %s"
-                                     % (", ".join(a.runtime for _, a in arts), ", ".join(installed_runtimes()) or
-                                        "none"))
+    # -- which artifact runs here ----------------------------------------------------------------------------
+    def artifact_for(self, runtime: Optional[str] = "auto", machine: Optional[str] = None) -> Choice:
+        """The artifact this device runs for ``runtime`` (``auto``/None: the installed runtimes decide).
 
+        ``auto`` tries TensorRT first (the Q/DQ ONNX, built into an engine on the device), then TFLite on ARM and
+        ONNX Runtime elsewhere (the other after it). Within a runtime, INT8 before FP32, and for ONNX Runtime the
+        ``cpu`` profile before ``tensorrt-qdq`` (slow on CPUs). Artifacts that failed validation are never chosen.
+        """
+        runtime = runtime or "auto"
+        machine = (machine or platform.machine()).lower()
+        arm = machine.startswith(("arm", "aarch64"))
+        order = [runtime] if runtime != "auto" else (
+            ["tensorrt"] + (["tflite", "onnxruntime"] if arm else ["onnxruntime", "tflite"]))
+        usable = [(i, a) for i, a in enumerate(self.manifest.artifacts) if a.passed_validation]
+        for rt in order:
+            if runtime == "auto" and not is_installed(rt):
+                continue
+            if rt == "tensorrt":
+                cands = [(i, a) for i, a in usable if a.builds_tensorrt_engine]
+            else:
+                cands = sorted(((i, a) for i, a in usable if a.runtime == rt),
+                               key=lambda ia: (2 if ia[1].builds_tensorrt_engine else
+                                               0 if ia[1].precision == "int8" else 1, ia[0]))
+            if cands:
+                return Choice(cands[0][0], cands[0][1], rt)
+        if runtime == "auto" and not installed_runtimes():
+            raise MissingDependencyError("Running this package", "onnx", module="a runtime for one of its artifacts",
+                                         detail="artifacts: %s; no runtime is installed here" % ", ".join(
+                                             a.runtime for a in self.manifest.artifacts))
+        raise PackageError("has no usable artifact on this device (%s): no artifact for runtime %r that passed "
+                           "validation (it has: %s; the installed runtimes decide 'auto')" % (machine, runtime, ", ".join(
+                               sorted({a.runtime for a in self.manifest.artifacts}))), file=self.manifest_path,
+                           field="artifacts")
+
+    # -- opening a runtime -----------------------------------------------------------------------------------
     def open_runtime(self, runtime: Optional[str] = None, config: Optional[Any] = None,
-                     artifact_index: Optional[int] = None, input_layout: Optional[str] = None) -> Runtime:
-        """Create and load the runtime for an artifact and check its output size against the labels.
+                     artifact_index: Optional[int] = None, input_layout: Optional[str] = None,
+                     choice: Optional[Choice] = None, engine_cache: Optional[str] = None,
+                     extend_timeout: Optional[Callable[[float], Any]] = None) -> Runtime:
+        """Create and load the runtime for an artifact (``choice``, ``artifact_index``, or :meth:`artifact_for`
+        ``runtime``) and check it against the labels and the preprocessing.
 
         The runtime takes batches in ``input_layout``: by default the package's preprocessing layout; ``"native"``
         takes the artifact's own layout (preprocess with :meth:`preprocess_for`), which spares a transpose per call.
+        A ``tensorrt`` choice runs an engine for this device: shipped in the package, cached in ``engine_cache``,
+        or built now from the Q/DQ ONNX (``extend_timeout`` tells systemd to wait).
         """
-        if artifact_index is None:
-            artifact_index, art = self.artifact_for(runtime)
-        else:
-            art = self.manifest.artifacts[artifact_index]
-        rt = create_runtime(art.runtime, self.path(art), input_layout=input_layout or self.preprocess.layout,
-                            layout=art.layout, config=config)
+        if choice is None:
+            if artifact_index is None:
+                choice = self.artifact_for(runtime)
+            else:
+                art = self.manifest.artifacts[artifact_index]
+                choice = Choice(artifact_index, art, art.runtime)
+        model = self.path(choice.artifact)
+        if choice.runtime == "tensorrt" and choice.artifact.builds_tensorrt_engine:
+            model = self._engine(choice.artifact, engine_cache or default_engine_cache(), extend_timeout)
+        rt = create_runtime(choice.runtime, model, input_layout=input_layout or self.preprocess.layout,
+                            layout=choice.artifact.layout, config=config)
         rt.load()
         try:
-            self.check_runtime(rt, artifact_index)
+            self.check_runtime(rt, choice.index)
         except Exception:
             rt.close()
             raise
         return rt
 
+    def _engine(self, qdq: Artifact, cache_dir: str, extend_timeout: Optional[Callable[[float], Any]]) -> str:
+        from .engine_cache import engine_for
+
+        shipped = [(self.path(a), a.built_for) for a in self.manifest.artifacts if a.runtime == "tensorrt"]
+        return engine_for(self.path(qdq), qdq.sha256, cache_dir, self.preprocess.input_shape()[1:],
+                          shipped=shipped[0] if shipped else None, extend_timeout=extend_timeout)
+
     def check_runtime(self, rt: Runtime, artifact_index: int) -> None:
         """The model's input matches the preprocessing and its output has one value per label."""
         art = self.manifest.artifacts[artifact_index]
-        field = "artifacts[%d]" % artifact_index
         outs = rt.outputs
         size = outs[0].shape[-1] if outs and outs[0].shape else None
         if size is not None and size != len(self.labels):
             raise PackageError("%s gives %d scores per image but the package has %d labels; fix 'labels' (one per "
                                "model output, in output order)." % (art.file, size, len(self.labels)),
                                file=self.manifest_path, field="labels")
-        spec_in = rt.inputs[0]
-        want = self.preprocess.input_shape()
-        got = spec_in.shape
-        if len(got) == 4:
-            got_nchw = got if rt.layout == "nchw" else (got[0], got[3], got[1], got[2])
-            want_nchw = want if self.preprocess.layout == "nchw" else (want[0], want[3], want[1], want[2])
-            if any(g is not None and g != w for g, w in zip(got_nchw[1:], want_nchw[1:])):
-                raise PackageError("%s takes input %s (%s) but preprocess produces %s (%s); fix 'preprocess' "
-                                   "(size, color) or the artifact's 'layout'."
-                                   % (art.file, list(got), rt.layout, list(want), self.preprocess.layout),
-                                   file=self.manifest_path, field=field)
+        got, want = rt.inputs[0].shape, self.preprocess.input_shape()
+        if len(got) == 4 and any(g is not None and g != w for g, w in zip(chw(got, rt.layout),
+                                                                          chw(want, self.preprocess.layout))):
+            raise PackageError("%s takes input %s (%s) but preprocess produces %s (%s); fix 'preprocess' "
+                               "(size, color) or the artifact's 'layout'."
+                               % (art.file, list(got), rt.layout, list(want), self.preprocess.layout),
+                               file=self.manifest_path, field="artifacts[%d]" % artifact_index)
 
     def summary(self) -> Dict[str, Any]:
         m = self.manifest

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 import numpy as np
 
 from ..errors import EdgesightError, InferenceError
+from ..files import atomic_write
 from .cuda_device import gpu_identity
 
 log = logging.getLogger(__name__)
@@ -91,21 +92,12 @@ def build_engine(onnx_path: str, engine_path: str, sample_shape: Tuple[int, ...]
         said = "; ".join(logger.messages[-3:]) or "no message"
         raise EngineBuildError("TensorRT %s failed to build an engine (TensorRT says: %s)" % (trt.__version__, said),
                                file=onnx_path)
-    _atomic_write(engine_path, bytes(serialized))
+    atomic_write(engine_path, bytes(serialized))
     if timing_cache:
-        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+        atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
     ident = gpu_identity()
     return {"tensorrt": str(trt.__version__), "device": ident.name if ident else "unknown",
             "compute": ident.compute if ident else "unknown"}
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def make_entropy_calibrator(trt, cuda, batches: Iterable[np.ndarray], cache_path: str, batch_size: int):
@@ -148,7 +140,7 @@ def make_entropy_calibrator(trt, cuda, batches: Iterable[np.ndarray], cache_path
             return None
 
         def write_calibration_cache(self, cache) -> None:
-            _atomic_write(cache_path, bytes(cache))
+            atomic_write(cache_path, bytes(cache))
 
     return EntropyCalibrator()
 

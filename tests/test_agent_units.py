@@ -10,7 +10,6 @@ from edgesight.agent.config import load_config
 from edgesight.agent.outbox import Outbox
 from edgesight.agent.samples import jpeg_within
 from edgesight.agent.sdnotify import Notifier
-from edgesight.agent.service import choose_artifact
 from edgesight.errors import ConfigError, PackageError
 from edgesight.runtimes import load_package
 
@@ -140,6 +139,10 @@ def test_config_yaml_syntax_error(tmp_path):
 
 
 # -- artifact choice -------------------------------------------------------------------------------------------
+def choose_artifact(pkg, runtime="auto", machine=None):
+    return pkg.artifact_for(runtime, machine=machine)
+
+
 def test_choose_artifact_by_platform():
     pkg = load_package(EXAMPLE_PACKAGE)
     assert choose_artifact(pkg, "auto", machine="x86_64")[1].runtime == "onnxruntime"
@@ -380,7 +383,7 @@ def test_ready_made_camera_pipelines():
 
 
 def test_auto_prefers_tensorrt_with_a_qdq_artifact_where_tensorrt_is_installed(monkeypatch, tmp_path):
-    from edgesight.agent import service
+    from edgesight.runtimes import package as package_module
     from edgesight.runtimes.package import Artifact
 
     pkg = load_package(EXAMPLE_PACKAGE)
@@ -389,8 +392,8 @@ def test_auto_prefers_tensorrt_with_a_qdq_artifact_where_tensorrt_is_installed(m
     manifest = pkg.manifest.model_copy(update={"artifacts": list(pkg.manifest.artifacts) + [qdq]})
     pkg = type(pkg)(pkg.root, manifest)
     assert choose_artifact(pkg, "auto", machine="aarch64")[1].runtime == "tflite"  # no tensorrt here
-    monkeypatch.setattr(service, "is_installed", lambda name: True)
-    idx, art = choose_artifact(pkg, "auto", machine="aarch64")
+    monkeypatch.setattr(package_module, "is_installed", lambda name: True)
+    idx, art = choose_artifact(pkg, "auto", machine="aarch64")[:2]
     assert idx == 2 and art.profile == "tensorrt-qdq"
     # an explicit onnxruntime choice on a CPU never takes the slow tensorrt-qdq profile first
     assert choose_artifact(pkg, "onnxruntime", machine="x86_64")[1].precision == "fp32"

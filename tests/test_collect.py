@@ -14,9 +14,9 @@ from PIL import Image
 
 from conftest import EXAMPLE, run_cli
 from mqtt_util import Collector as Observer, agent_config, start_agent
-from edgesight.agent import payloads
+from edgesight.contract import payloads
 from edgesight.calibration.images import list_images
-from edgesight.fleet.contract import Rejected, parse_sample
+from edgesight.fleet.intake import Rejected, parse_sample
 from edgesight.fleet.store import MANIFEST, REJECTED, Dataset, read_manifest
 
 VAL = os.path.join(EXAMPLE, "images", "val")
@@ -34,7 +34,7 @@ def sample_payload(seed, device="dev1", camera="front", label="three"):
     data = jpeg(seed)
     body = payloads.sample(device, camera, MODEL, "low_confidence", label, 0.42, 0.8,
                            [{"label": label, "score": 0.42}, {"label": "eight", "score": 0.3}], time.time(), data,
-                           40, 30, None)
+                           40, 30, None).model_dump(mode="json")
     return "edgesight/%s/%s/sample" % (device, camera), body
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import ROOT
 
-DEVICE_SIDE = ["agent", "runtimes", "calibration", "__init__.py", "__main__.py", "cli.py", "errors.py"]
+with open(os.path.join(ROOT, ".ci", "device-side")) as _f:  # the one list, shared with .ci/run
+    DEVICE_SIDE = [ln.strip() for ln in _f if ln.strip() and not ln.startswith("#")]
 TOP_LEVEL = ["agent", "converters", "runtimes", "calibration", "fleet", "systemd", "tests", "bench", "examples", "docs"]
 
 

@@ -5,7 +5,9 @@ import pytest
 import yaml
 
 from edgesight.calibration.preprocess import PreprocessSpec
-from edgesight.converters.package_builder import create_fp32_package, read_labels, read_preprocess
+from edgesight.calibration.preprocess import read_preprocess
+from edgesight.converters.package_builder import create_fp32_package
+from edgesight.files import read_labels
 from edgesight.errors import ConfigError, ModelFileError, PackageError
 from edgesight.runtimes import ModelPackage, load_package
 from edgesight.runtimes.registry import is_installed

@@ -86,7 +86,7 @@ def test_wrong_shape_is_refused_with_the_expected_shape(runtime):
 
 def test_state_checks(pkg):
     for name in installed_runtimes():
-        _, art = pkg.artifact_for(name)
+        art = pkg.artifact_for(name).artifact
         rt = create_runtime(name, pkg.path(art), input_layout="nchw", layout=art.layout)
         with pytest.raises(RuntimeStateError, match="not loaded"):
             rt.infer(np.zeros((1, 3, 32, 32), dtype=np.float32))
@@ -119,7 +119,7 @@ def test_backends_agree_on_the_same_images(pkg, batch):
 def test_nhwc_caller_layout(pkg, batch):
     """A caller preprocessing to NHWC gets the same result: the backend transposes to its own layout."""
     for name in installed_runtimes():
-        _, art = pkg.artifact_for(name)
+        art = pkg.artifact_for(name).artifact
         with create_runtime(name, pkg.path(art), input_layout="nchw", layout=art.layout) as a, \
                 create_runtime(name, pkg.path(art), input_layout="nhwc", layout=art.layout) as b:
             np.testing.assert_allclose(next(iter(a.infer(batch).values())),
@@ -162,7 +162,7 @@ def test_missing_file_and_garbage_file(name, tmp_path):
 def test_truncated_tflite_is_a_model_file_error(pkg, tmp_path):
     if "tflite" not in installed_runtimes():
         pytest.skip("tflite runtime not installed")
-    _, art = pkg.artifact_for("tflite")
+    art = pkg.artifact_for("tflite").artifact
     cut = tmp_path / "cut.tflite"
     with open(pkg.path(art), "rb") as f:
         cut.write_bytes(f.read()[:4096])
@@ -180,7 +180,7 @@ def test_missing_package_names_the_extra(name, module, extra, monkeypatch, pkg):
     monkeypatch.setitem(sys.modules, module, None)
     for alt in ("tflite_runtime", "tflite_runtime.interpreter", "tensorflow", "tensorflow.lite"):
         monkeypatch.setitem(sys.modules, alt, None)
-    _, art = pkg.artifact_for(name)
+    art = pkg.artifact_for(name).artifact
     with pytest.raises(MissingDependencyError) as err:
         create_runtime(name, pkg.path(art)).load()
     assert "pip install 'edgesight[%s]'" % extra in str(err.value)

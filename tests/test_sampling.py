@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgesight.agent import sampling
-from edgesight.agent.config import SamplingPolicy, parse_policy
+from edgesight.contract.policy import SamplingPolicy, parse_policy
 from edgesight.errors import ConfigError
 
 DIGITS = os.path.join(os.path.dirname(__file__), "..", "examples", "digits", "images", "val")

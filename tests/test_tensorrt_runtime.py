@@ -205,7 +205,8 @@ def test_no_calibrator_on_tensorrt_11(monkeypatch, tmp_path):
 def test_no_engine_build_after_verifier_rejection(monkeypatch, tmp_path):
     from edgesight.converters import onnx_quant
     from edgesight.converters.convert import ConvertOptions, convert
-    from edgesight.converters.package_builder import read_labels, read_preprocess
+    from edgesight.calibration.preprocess import read_preprocess
+    from edgesight.files import read_labels
 
     trt = fake_tensorrt.install(monkeypatch)
     monkeypatch.setitem(onnx_quant.PROFILES, "tensorrt", onnx_quant.PROFILES["tensorrt"]._replace(per_channel=False))
@@ -241,7 +242,8 @@ def test_real_tensorrt_runs_the_example_package(tmp_path):
 def test_engine_build_command_adds_the_engine_to_the_package(monkeypatch, tmp_path):
     from edgesight.cli import main
     from edgesight.converters.convert import ConvertOptions, convert
-    from edgesight.converters.package_builder import read_labels, read_preprocess
+    from edgesight.calibration.preprocess import read_preprocess
+    from edgesight.files import read_labels
     from edgesight.runtimes import load_package
 
     out = str(tmp_path / "p")

@@ -45,7 +45,9 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from edgesight.converters.package_builder import create_fp32_package, read_labels, read_preprocess
+    from edgesight.calibration.preprocess import read_preprocess
+    from edgesight.converters.package_builder import create_fp32_package
+    from edgesight.files import read_labels
 
     pkg_dir = os.path.join(HERE, "package")
     onnx_path = os.path.join(pkg_dir, "model.fp32.onnx")

@@ -1,6 +1,7 @@
-"""The ``<prefix>/<device>/<camera>/sample`` payload (schema v1, docs/mqtt.md), checked as the collector receives it.
+"""Checking what arrives on ``<prefix>/<device>/<camera>/sample`` against the contract (edgesight.contract, schema
+v1, docs/mqtt.md): the same payload model the agent builds its samples with, then the topic, then the JPEG itself.
 
-The fleet side depends on nothing but this contract: it never imports the agent. Every check raises
+The fleet side depends on nothing but that contract: it never imports the agent. Every check raises
 :class:`Rejected` with a reason a person can act on; the collector files the payload under ``_rejected/``.
 """
 import base64
@@ -8,14 +9,13 @@ import binascii
 import io
 import json
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
+from ..contract.payloads import SCHEMA_VERSION, Image, Sample as SamplePayload
+from ..contract.topics import device_and_camera
 from ..errors import validation_problems
-
-SCHEMA_VERSION = 1
-NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
 class Rejected(Exception):
@@ -24,51 +24,6 @@ class Rejected(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)  # newer agents may add fields
-
-
-class Model(_Loose):
-    name: str = Field(min_length=1, max_length=200)
-    version: str = Field(min_length=1, max_length=100)
-    sha256: Optional[str] = None
-
-
-class Prediction(_Loose):
-    label: str = Field(min_length=1, max_length=200)
-    score: float = Field(ge=0.0, le=1.0)
-
-
-class Image(_Loose):
-    format: str
-    width: int = Field(ge=1, le=16384)
-    height: int = Field(ge=1, le=16384)
-    data: str = Field(min_length=4)
-
-    @field_validator("format")
-    @classmethod
-    def _jpeg(cls, v: str) -> str:
-        if v != "jpeg":
-            raise ValueError("format must be 'jpeg', got %r" % v)
-        return v
-
-
-class SamplePayload(_Loose):
-    v: int
-    id: str = Field(pattern=r"^[A-Za-z0-9-]{8,64}$")
-    device: str = Field(pattern=NAME)
-    camera: str = Field(pattern=NAME)
-    ts: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-    model: Model
-    reason: str = Field(min_length=1, max_length=64)
-    label: str = Field(min_length=1, max_length=200)
-    score: float = Field(ge=0.0, le=1.0)
-    threshold: Optional[float] = None
-    top_k: List[Prediction] = Field(default_factory=list)
-    result_id: Optional[str] = None
-    image: Image
 
 
 class Sample(object):
@@ -85,22 +40,34 @@ def parse_sample(topic: str, body: bytes, max_bytes: int = 1 << 20) -> Sample:
     if len(body) > max_bytes:
         raise Rejected("payload is %d bytes, over the limit of %d (--max-bytes)" % (len(body), max_bytes))
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:
+        raise Rejected("not JSON this collector reads: nested too deeply")
     except (UnicodeDecodeError, ValueError) as exc:
         raise Rejected("not JSON: %s" % exc)
     if not isinstance(data, dict):
         raise Rejected("not a JSON object")
-    if data.get("v") != SCHEMA_VERSION:
-        raise Rejected("schema version %r; this collector reads %d" % (data.get("v"), SCHEMA_VERSION))
+    version = data.get("v")
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise Rejected("schema version %r; this collector reads %d" % (str(version)[:20] if isinstance(version, str)
+                                                                      else version, SCHEMA_VERSION))
     try:
-        p = SamplePayload(**data)
+        p = SamplePayload.model_validate(data)
     except ValidationError as exc:
         raise Rejected("wrong fields: %s" % validation_problems(exc.errors())[0])
-    parts = topic.split("/")
-    if len(parts) < 4 or parts[-1] != "sample" or parts[-3:-1] != [p.device, p.camera]:
-        raise Rejected("topic %s does not match the payload's device %r and camera %r" % (topic, p.device, p.camera))
+    try:
+        where = device_and_camera(topic)
+    except ValueError:
+        where = None
+    if where != (p.device, p.camera):
+        raise Rejected("topic %s does not match the payload's device %r and camera %r" % (topic[:200], p.device,
+                                                                                            p.camera))
     jpeg = _decode_jpeg(p.image)
     return Sample(p, jpeg, topic)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError("%s is not a number JSON allows" % name)
 
 
 def _decode_jpeg(image: Image) -> bytes:

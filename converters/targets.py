@@ -1,0 +1,93 @@
+"""The converter's targets: each turns the FP32 source plus the calibration set into one artifact file.
+
+A target returns the artifact entries it produced (a dict per file: runtime, file, precision, layout, profile,
+built_for) or raises an :class:`EdgesightError`; the converter records a failed target and goes on with the others.
+"""
+import logging
+import os
+from typing import Any, Callable, Dict, List, NamedTuple
+
+from ..calibration.dataset import LoadedSet, OrtCalibrationReader
+from ..calibration.preprocess import PreprocessSpec
+from ..runtimes.manifest import TENSORRT_QDQ
+from . import onnx_quant, qdq_verify, tflite
+from .onnx_model import OnnxInterface
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("onnx-int8-trt", "onnx-int8-cpu", "tflite-int8", "tensorrt")
+FILES = {"onnx-int8-trt": "model.int8.onnx", "onnx-int8-cpu": "model.int8.cpu.onnx",
+         "tflite-int8": "model.int8.tflite", "tensorrt": "model.int8.engine"}
+
+
+class Job(NamedTuple):
+    """What every target needs."""
+
+    source: str  # the FP32 ONNX inside the package
+    out: str  # the package directory
+    iface: OnnxInterface
+    calib: LoadedSet
+    spec: PreprocessSpec
+    method: str
+    tflite_io: str
+    step: Callable[[str], None]  # progress line
+    notes: List[str]  # what the report should say about a target that was not built
+
+
+def _entry(target: str, runtime: str, layout: str, **extra: Any) -> Dict[str, Any]:
+    out = {"target": target, "runtime": runtime, "file": FILES[target], "precision": "int8", "layout": layout}
+    out.update({k: v for k, v in extra.items() if v is not None})
+    return out
+
+
+def _reader(job: Job) -> OrtCalibrationReader:
+    return OrtCalibrationReader(job.iface.input_name, job.calib.tensors)
+
+
+def onnx_int8(job: Job, target: str) -> List[Dict[str, Any]]:
+    profile = "tensorrt" if target == "onnx-int8-trt" else "cpu"
+    job.step("%s: quantize_static QDQ, profile %s, %s calibration" % (target, profile, job.method))
+    dst = os.path.join(job.out, FILES[target])
+    onnx_quant.quantize_onnx(job.source, dst, _reader(job), profile, job.method)
+    if profile == "tensorrt":
+        qdq_verify.verify_tensorrt_qdq(dst)
+    return [_entry(target, "onnxruntime", job.spec.layout, profile=TENSORRT_QDQ if profile == "tensorrt" else "cpu")]
+
+
+def tflite_int8(job: Job, target: str) -> List[Dict[str, Any]]:
+    job.step("%s: onnx2tf full-integer per-channel (%s I/O)" % (target, job.tflite_io))
+    tflite.convert_int8(job.source, job.calib.tensors, job.spec, os.path.join(job.out, FILES[target]),
+                        io=job.tflite_io)
+    return [_entry(target, "tflite", "nhwc")]
+
+
+def tensorrt_engine(job: Job, target: str, built: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """An engine for this machine's GPU, where TensorRT is installed; else a note (the device builds its own)."""
+    from .tensorrt_engine import build_engine, tensorrt_version
+
+    version = tensorrt_version()
+    if version is None:
+        msg = ("tensorrt: TensorRT is not installed here, so no engine is built. The device builds its own engine "
+               "from the TensorRT-safe Q/DQ ONNX (%s) with its TensorRT and caches it." % FILES["onnx-int8-trt"])
+        job.step(msg)
+        job.notes.append(msg)
+        return []
+    out: List[Dict[str, Any]] = []
+    if not any(a["target"] == "onnx-int8-trt" for a in built):  # the engine is built from the verified Q/DQ ONNX
+        out += onnx_int8(job, "onnx-int8-trt")
+    qdq = os.path.join(job.out, FILES["onnx-int8-trt"])
+    job.step("tensorrt %s: building the engine from %s" % (version, os.path.basename(qdq)))
+    built_for = build_engine(qdq, os.path.join(job.out, FILES[target]), job.spec.input_shape()[1:])
+    return out + [_entry(target, "tensorrt", job.spec.layout, built_for=built_for)]
+
+
+def build(job: Job, target: str, built: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The entries ``target`` produced (``built``: those of the targets before it)."""
+    if target in ("onnx-int8-trt", "onnx-int8-cpu"):
+        return onnx_int8(job, target)
+    if target == "tflite-int8":
+        return tflite_int8(job, target)
+    if target == "tensorrt":
+        return tensorrt_engine(job, target, built)
+    raise ValueError("unknown target %r" % target)
+
