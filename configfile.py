@@ -97,31 +97,33 @@ class Document(NamedTuple):
         return line
 
 
-def read_text(path: str, what: str, error: Type[EdgesightError] = ConfigError, max_bytes: int = MAX_BYTES) -> str:
-    """The UTF-8 text of ``path`` (at most ``max_bytes``), or ``error`` naming the file and saying what is wrong."""
+def read_text(path: str, what: str, error: Type[EdgesightError] = ConfigError, max_bytes: int = MAX_BYTES,
+              field: Optional[str] = None) -> str:
+    """The UTF-8 text of ``path`` (at most ``max_bytes``), or ``error`` naming the file (and the option or field
+    that named it) and saying what is wrong."""
     try:
         with open(path, "rb") as f:
             data = f.read(max_bytes + 1)
     except IsADirectoryError:
-        raise error("is a directory; give the %s file" % what, file=path)
+        raise error("is a directory; give the %s file" % what, file=path, field=field)
     except OSError as exc:
-        raise error("cannot read the %s (%s)" % (what, exc.strerror or exc), file=path)
-    return decode_text(data, path, what, error, max_bytes)
+        raise error("cannot read the %s (%s)" % (what, exc.strerror or exc), file=path, field=field)
+    return decode_text(data, path, what, error, max_bytes, field)
 
 
 def decode_text(data: bytes, path: str, what: str, error: Type[EdgesightError] = ConfigError,
-                max_bytes: int = MAX_BYTES) -> str:
+                max_bytes: int = MAX_BYTES, field: Optional[str] = None) -> str:
     if len(data) > max_bytes:
-        raise error("is larger than %d bytes: that is not a %s" % (max_bytes, what), file=path)
+        raise error("is larger than %d bytes: that is not a %s" % (max_bytes, what), file=path, field=field)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise error("is not UTF-8 text (byte 0x%02x at line %d): is it really a %s? Save it as UTF-8."
-                    % (data[exc.start], line, what), file=path)
+                    % (data[exc.start], line, what), file=path, field=field)
     if "\x00" in text:
         line = text[:text.index("\x00")].count("\n") + 1
-        raise error("holds a NUL byte at line %d: binary data, not a %s" % (line, what), file=path)
+        raise error("holds a NUL byte at line %d: binary data, not a %s" % (line, what), file=path, field=field)
     return text[1:] if text.startswith("\ufeff") else text
 
 

@@ -47,6 +47,15 @@ def atomic_copy(src: str, dst: str) -> str:
     return dst
 
 
+def cache_dir(name: str, env: str) -> str:
+    """``$<env>`` if set, else ``$XDG_CACHE_HOME/edgesight/<name>`` (default ``~/.cache/edgesight/<name>``)."""
+    override = os.environ.get(env)
+    if override:
+        return override
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "edgesight", name)
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -60,7 +69,7 @@ def read_labels(path: str, field: Optional[str] = None, error: Type[EdgesightErr
     Duplicates, an empty file, overlong names and non-UTF-8 text are errors naming the file (and ``field``)."""
     from .configfile import read_text
 
-    text = read_text(path, "labels file", error, max_bytes=MAX_LABELS * (MAX_LABEL_CHARS + 1))
+    text = read_text(path, "labels file", error, max_bytes=MAX_LABELS * (MAX_LABEL_CHARS + 1), field=field)
     labels = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not labels:
         raise error("labels file is empty; write one class name per line, in model output order", file=path,

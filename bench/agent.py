@@ -36,7 +36,7 @@ from edgesight.agent.outbox import Outbox  # noqa: E402
 from edgesight.calibration.images import list_images, load_image  # noqa: E402
 from edgesight.calibration.preprocess import PreprocessSpec, preprocess  # noqa: E402
 from edgesight.converters.package_builder import create_fp32_package  # noqa: E402
-from mqtt_util import Broker, Collector, free_port  # noqa: E402
+from support.mqtt import Broker, Collector, free_port  # noqa: E402
 
 
 def bare_loop(rt, spec, frames, seconds, with_preprocess=True):

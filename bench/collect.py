@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from edgesight.contract import payloads  # noqa: E402
 from edgesight.fleet.store import read_manifest  # noqa: E402
-from mqtt_util import Broker  # noqa: E402
+from support.mqtt import Broker  # noqa: E402
 
 MODEL = {"name": "bench", "version": "1", "sha256": "0" * 12}
 

@@ -11,6 +11,7 @@ import sys
 from typing import Dict, List, NamedTuple, Optional
 
 from ..errors import ConversionError
+from ..files import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,7 @@ TOOLCHAINS: Dict[str, ToolchainSpec] = {
 
 
 def toolchains_dir() -> str:
-    env = os.environ.get("EDGESIGHT_TOOLCHAINS")
-    if env:
-        return env
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "edgesight", "toolchains")
+    return cache_dir("toolchains", "EDGESIGHT_TOOLCHAINS")
 
 
 def _spec(name: str) -> ToolchainSpec:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 
 from ..calibration.preprocess import PreprocessSpec, chw
 from ..errors import MissingDependencyError, PackageError
+from ..files import cache_dir
 from .base import Runtime
 from .manifest import MANIFEST, SCHEMA, Artifact, FileRef, Manifest, read_manifest, sha256_file
 from .registry import create_runtime, installed_runtimes, is_installed
@@ -33,11 +34,8 @@ class Choice(NamedTuple):
 
 
 def default_engine_cache() -> str:
-    env = os.environ.get("EDGESIGHT_ENGINE_CACHE")
-    if env:
-        return env
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "edgesight", "engines")
+    """Where ``open_runtime`` keeps TensorRT engines when not told (the agent's is ``engine_cache``)."""
+    return cache_dir("engines", "EDGESIGHT_ENGINE_CACHE")
 
 
 class ModelPackage(object):

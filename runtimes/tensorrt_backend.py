@@ -82,6 +82,7 @@ class TensorRTRunner(Runtime):
         super().__init__(model_path, input_layout, layout)
         self.config = config or TensorRTConfig()
         self._cuda = cuda  # a CudaAdapter; tests pass a fake
+        self._trt: Any = None  # the tensorrt module, imported at load()
         self._engine = self._context = self._runtime = self._stream = None
         self._bindings: List[_Binding] = []
         self.api: Optional[str] = None  # "tensor" (TensorRT >= 8.5 tensor API) or "bindings" (older)

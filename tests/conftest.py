@@ -1,30 +1,29 @@
+"""Fixtures and collection rules for every test folder (tests/<part>/ mirrors the code's parts; shared helpers live
+in tests/support/). Markers: ``device`` (real TensorRT hardware; skipped where tensorrt is not importable) and
+``broker`` (given to every test that starts a mosquitto: ``pytest -m 'not broker'`` runs the rest)."""
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLE = os.path.join(ROOT, "examples", "digits")
-EXAMPLE_PACKAGE = os.path.join(EXAMPLE, "package")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import support` from every test folder
 
+from support import EXAMPLE_PACKAGE, require_or_skip, tensorrt_importable  # noqa: E402
 
-def tensorrt_importable() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except Exception:
-        return False
-    return True
+BROKER_FIXTURES = {"broker", "pki"}
+BROKER_MODULES = {"test_agent_mqtt", "test_sampling_mqtt", "test_agent_security", "test_collector",
+                  "test_agent_to_collector"}
 
 
 def pytest_collection_modifyitems(config, items):
-    if tensorrt_importable():
-        return
-    skip = pytest.mark.skip(reason="needs TensorRT hardware: the tensorrt module is not importable here")
+    skip = None if tensorrt_importable() else pytest.mark.skip(
+        reason="needs TensorRT hardware: the tensorrt module is not importable here")
     for item in items:
-        if "device" in item.keywords:
+        if skip is not None and "device" in item.keywords:
             item.add_marker(skip)
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in BROKER_MODULES:
+            item.add_marker(pytest.mark.broker)
 
 
 @pytest.fixture
@@ -40,34 +39,10 @@ def package_copy(tmp_path) -> str:
     return str(dest)
 
 
-def run_cli(*args, cwd=None):
-    """Run the real ``edgesight`` command in a subprocess (as a user would)."""
-    return subprocess.run([sys.executable, "-m", "edgesight"] + [str(a) for a in args], cwd=cwd,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
-
-
-def require_or_skip(ok: bool, what: str) -> None:
-    """Skip locally with the reason; in CI (CI=true) a missing prerequisite fails instead, so skips never pass as
-    green there."""
-    if ok:
-        return
-    if os.environ.get("CI"):
-        pytest.fail("%s is required in CI (.ci/run installs it)" % what)
-    pytest.skip("%s is not installed here" % what)
-
-
-def chromium_binary():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 @pytest.fixture
 def broker(tmp_path):
-    """A real mosquitto on a free loopback port (tests/mqtt_util.py), stopped afterwards."""
-    from mqtt_util import Broker, mosquitto_binary
+    """A real mosquitto on a free loopback port (tests/support/mqtt.py), stopped afterwards."""
+    from support.mqtt import Broker, mosquitto_binary
 
     require_or_skip(mosquitto_binary() is not None, "mosquitto (apt-get install mosquitto)")
     b = Broker(tmp_path / "broker").start()

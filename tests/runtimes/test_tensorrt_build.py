@@ -6,8 +6,8 @@ import pytest
 from edgesight.converters import tensorrt_engine
 from edgesight.runtimes.tensorrt_build import EngineBuildError
 
-from conftest import EXAMPLE_PACKAGE
-import fake_tensorrt
+from support import EXAMPLE_PACKAGE
+from support import fake_tensorrt
 
 
 @pytest.fixture

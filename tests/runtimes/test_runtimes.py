@@ -12,7 +12,7 @@ from edgesight.runtimes import RUNTIME_NAMES, create_runtime, installed_runtimes
 from edgesight.runtimes.base import QuantParams, dequantize, quantize
 from edgesight.runtimes.postprocess import softmax, to_probabilities, top_k
 
-from conftest import EXAMPLE, EXAMPLE_PACKAGE
+from support import EXAMPLE, EXAMPLE_PACKAGE
 
 BACKENDS = [n for n in RUNTIME_NAMES if n != "tensorrt"]  # tensorrt: its own issue, contract tests come with it
 

@@ -12,7 +12,7 @@ import time
 
 import yaml
 
-from conftest import EXAMPLE
+from . import EXAMPLE
 
 
 def free_port() -> int:

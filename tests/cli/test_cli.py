@@ -7,7 +7,7 @@ import yaml
 from edgesight import __version__
 from edgesight.runtimes.package import sha256_file
 
-from conftest import EXAMPLE, run_cli
+from support import EXAMPLE, run_cli
 
 
 def assert_clean_error(proc, *needles):

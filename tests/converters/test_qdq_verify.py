@@ -10,8 +10,8 @@ from edgesight.converters.qdq_verify import check_tensorrt_qdq, verify_tensorrt_
 from edgesight.errors import ConversionError
 from edgesight.runtimes import load_package
 
-from conftest import EXAMPLE, EXAMPLE_PACKAGE
-from onnx_models import asymmetric_qdq, tiny_cnn
+from support import EXAMPLE, EXAMPLE_PACKAGE
+from support.onnx_models import asymmetric_qdq, tiny_cnn
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from conftest import EXAMPLE
+from support import EXAMPLE
 from edgesight.calibration.images import list_images
-from mqtt_util import Collector, agent_config, finish, folder_camera, publish, start_agent
+from support.mqtt import Collector, agent_config, finish, folder_camera, publish, start_agent
 
 VAL = os.path.join(EXAMPLE, "images", "val")
 

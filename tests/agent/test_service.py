@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT, require_or_skip, run_cli
-from mqtt_util import Broker, agent_config, mosquitto_binary
+from support import ROOT, require_or_skip, run_cli
+from support.mqtt import Broker, agent_config, mosquitto_binary
 
 UNIT = os.path.join(ROOT, "systemd", "edgesight-agent.service")
 
@@ -109,7 +109,7 @@ def test_doctor_with_a_reachable_broker(broker, tmp_path):
 
 def test_doctor_explains_a_tls_failure(tmp_path):
     require_or_skip(mosquitto_binary() is not None and shutil.which("openssl"), "mosquitto and openssl")
-    from test_agent_security import openssl
+    from support.pki import openssl
 
     d = str(tmp_path)
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",

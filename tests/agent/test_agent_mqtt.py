@@ -11,8 +11,8 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import EXAMPLE, require_or_skip, run_cli
-from mqtt_util import (Broker, Collector, agent_config, finish, folder_camera, free_port, mosquitto_binary,
+from support import EXAMPLE, require_or_skip, run_cli
+from support.mqtt import (Broker, Collector, agent_config, finish, folder_camera, free_port, mosquitto_binary,
                        start_agent)
 
 VAL = os.path.join(EXAMPLE, "images", "val")
@@ -367,7 +367,7 @@ def test_video_file_source(broker, tmp_path):
 def test_metrics_endpoint_is_scraped(broker, tmp_path):
     import urllib.request
 
-    from mqtt_util import free_port
+    from support.mqtt import free_port
 
     port = free_port()
     cfg = agent_config(tmp_path, broker.port, metrics={"enabled": True, "port": port}, cameras=folder_camera(fps=50))

@@ -10,7 +10,7 @@ from edgesight.calibration.images import load_image
 from edgesight.calibration.preprocess import PreprocessSpec
 from edgesight.errors import ConfigError
 
-from conftest import EXAMPLE
+from support import EXAMPLE
 
 SPEC = PreprocessSpec(size=(8, 8), color="rgb", layout="nchw")
 

@@ -11,8 +11,8 @@ from edgesight.runtimes.registry import create_runtime
 from edgesight.runtimes.tensorrt_backend import TensorRTRunner
 from edgesight.runtimes.tensorrt_build import ExtendTimeout, make_entropy_calibrator
 
-import fake_tensorrt
-from conftest import EXAMPLE, EXAMPLE_PACKAGE
+from support import fake_tensorrt
+from support import EXAMPLE, EXAMPLE_PACKAGE
 
 
 @pytest.fixture

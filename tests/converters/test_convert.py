@@ -12,8 +12,8 @@ from edgesight.converters import toolchain
 from edgesight.converters.qdq_verify import check_tensorrt_qdq
 from edgesight.runtimes import load_package
 
-from conftest import EXAMPLE, chromium_binary, require_or_skip, run_cli
-from onnx_models import tiny_cnn, vector_model
+from support import EXAMPLE, chromium_binary, require_or_skip, run_cli
+from support.onnx_models import tiny_cnn, vector_model
 
 MODEL = os.path.join(EXAMPLE, "package", "model.fp32.onnx")
 CALIB = os.path.join(EXAMPLE, "images", "calib")

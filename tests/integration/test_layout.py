@@ -7,11 +7,12 @@ import zipfile
 
 import pytest
 
-from conftest import ROOT
+from support import ROOT
 
 with open(os.path.join(ROOT, ".ci", "device-side")) as _f:  # the one list, shared with .ci/run
     DEVICE_SIDE = [ln.strip() for ln in _f if ln.strip() and not ln.startswith("#")]
-TOP_LEVEL = ["agent", "converters", "runtimes", "calibration", "fleet", "systemd", "tests", "bench", "examples", "docs"]
+TOP_LEVEL = ["agent", "cli", "contract", "converters", "runtimes", "calibration", "fleet", "systemd", "tests", "bench",
+             "examples", "docs"]
 
 
 def test_layout_matches_design():
@@ -20,6 +21,8 @@ def test_layout_matches_design():
 
 
 def test_device_side_code_is_python38_compatible():
+    missing = [p for p in DEVICE_SIDE if not os.path.exists(os.path.join(ROOT, p))]
+    assert not missing, "listed in .ci/device-side but not there: %s" % missing
     vermin = shutil.which("vermin") or os.path.join(os.path.dirname(sys.executable), "vermin")
     if not os.path.exists(vermin):
         pytest.fail("vermin is not installed: pip install 'edgesight[test]'")
@@ -32,7 +35,9 @@ def test_device_side_code_is_python38_compatible():
 def test_subpackages_import_under_the_edgesight_namespace_only(tmp_path):
     code = ("import importlib, sys\n"
             "import edgesight.runtimes, edgesight.calibration, edgesight.converters, edgesight.agent, edgesight.fleet\n"
-            "for bare in ('runtimes', 'calibration', 'converters', 'agent', 'fleet', 'cli', 'errors'):\n"
+            "import edgesight.cli, edgesight.contract\n"
+            "for bare in ('runtimes', 'calibration', 'converters', 'agent', 'fleet', 'cli', 'contract', 'errors',\n"
+            "             'configfile', 'files'):\n"
             "    try:\n"
             "        importlib.import_module(bare)\n"
             "    except ImportError:\n"
@@ -63,7 +68,8 @@ def test_wheel_contains_only_the_edgesight_namespace(tmp_path):
     names = zipfile.ZipFile(str(tmp_path / wheel)).namelist()
     code = [n for n in names if not n.startswith("edgesight-") or ".dist-info/" not in n]
     assert code and all(n.startswith("edgesight/") for n in code), code
-    for module in ("edgesight/cli.py", "edgesight/errors.py", "edgesight/runtimes/ort_backend.py",
+    for module in ("edgesight/cli/__init__.py", "edgesight/cli/agent.py", "edgesight/contract/payloads.py",
+                   "edgesight/configfile.py", "edgesight/files.py", "edgesight/errors.py", "edgesight/runtimes/ort_backend.py",
                    "edgesight/runtimes/tflite_backend.py", "edgesight/calibration/preprocess.py",
                    "edgesight/converters/package_builder.py", "edgesight/agent/__init__.py",
                    "edgesight/fleet/__init__.py"):

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 
 from edgesight.agent import sampling
+from edgesight.agent.samples import jpeg_within
 from edgesight.contract.policy import SamplingPolicy, parse_policy
 from edgesight.errors import ConfigError
 
-DIGITS = os.path.join(os.path.dirname(__file__), "..", "examples", "digits", "images", "val")
+from support import EXAMPLE, ROOT
+
+DIGITS = os.path.join(EXAMPLE, "images", "val")
 
 
 def policy(**kw):
@@ -200,5 +203,15 @@ def test_policy_payload_replaces_the_section_with_defaults_for_missing_keys():
 def test_the_example_agent_config_carries_a_valid_sampling_policy():
     from edgesight.agent.config import load_config
 
-    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "examples", "agent.yaml"))
+    cfg = load_config(os.path.join(ROOT, "examples", "agent.yaml"))
     assert [s.type for s in cfg.samples.strategies] == ["low_confidence", "margin", "random"]
+
+
+# -- JPEG samples under the byte budget ---------------------------------------------------------------------------------------------------
+def test_jpeg_fits_the_budget():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (1080, 1920, 3), dtype=np.uint8)  # incompressible: forces shrinking
+    jpeg, w, h = jpeg_within(noise, "bgr", 90 * 1024)
+    assert len(jpeg) <= 90 * 1024 and jpeg[:2] == b"\xff\xd8" and max(w, h) <= 1280
+    small, w2, h2 = jpeg_within(np.zeros((48, 48, 3), np.uint8), "rgb", 90 * 1024)
+    assert (w2, h2) == (48, 48)

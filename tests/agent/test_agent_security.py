@@ -2,38 +2,18 @@
 import os
 import shutil
 import sqlite3
-import subprocess
 
 import pytest
 
-from conftest import require_or_skip
-from mqtt_util import Broker, Collector, agent_config, mosquitto_binary, start_agent
-
-
-def openssl(*args, cwd):
-    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=60)
+from support import require_or_skip
+from support.mqtt import Broker, Collector, agent_config, mosquitto_binary, start_agent
+from support.pki import make_pki, passwd_file
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     require_or_skip(shutil.which("openssl") is not None, "openssl")
-    d = str(tmp_path_factory.mktemp("pki"))
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=edgesight test CA",
-            "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
-    with open(os.path.join(d, "san.ext"), "w") as f:
-        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name, cn in (("server", "localhost"), ("client", "dev1")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=%s" % cn, "-keyout", name + ".key",
-                "-out", name + ".csr", cwd=d)
-        openssl("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-days", "2", "-out", name + ".pem", *(["-extfile", "san.ext"] if name == "server" else []), cwd=d)
-    # a second CA the broker does not use: verification against it must fail
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=other CA",
-            "-keyout", "other.key", "-out", "other.pem", cwd=d)
-    return {k: os.path.join(d, v) for k, v in (("ca", "ca.pem"), ("server_cert", "server.pem"),
-                                               ("server_key", "server.key"), ("client_cert", "client.pem"),
-                                               ("client_key", "client.key"), ("other_ca", "other.pem"))}
+    return make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
 def run_agent(cfg, timeout=90):
@@ -88,14 +68,6 @@ def test_mutual_tls(tmp_path, pki):
         sub.close()
     finally:
         b.stop()
-
-
-def passwd_file(tmp_path, users):
-    path = str(tmp_path / "passwd")
-    open(path, "w").close()
-    for user, pw in users.items():
-        subprocess.run(["mosquitto_passwd", "-b", path, user, pw], check=True, timeout=30)
-    return path
 
 
 def test_password_from_file_and_env(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Model package validation: a bad package is refused with an error naming the file and the field."""
 import os
+import shutil
 
 import pytest
 import yaml
@@ -12,7 +13,7 @@ from edgesight.errors import ConfigError, ModelFileError, PackageError
 from edgesight.runtimes import ModelPackage, load_package
 from edgesight.runtimes.registry import is_installed
 
-from conftest import EXAMPLE
+from support import EXAMPLE
 
 
 def edit_manifest(pkg_dir, change):
@@ -79,6 +80,17 @@ def test_path_outside_package_is_refused(package_copy):
     with pytest.raises(PackageError, match="inside the package") as err:
         load_package(package_copy)
     assert err.value.field == "artifacts[0].file"
+
+
+def test_a_symlink_out_of_the_package_is_refused_like_a_path_outside_it(package_copy, tmp_path):
+    outside = tmp_path / "outside.onnx"
+    shutil.copyfile(os.path.join(package_copy, "model.fp32.tflite"), str(outside))
+    inside = os.path.join(package_copy, "model.fp32.tflite")
+    os.unlink(inside)
+    os.symlink(str(outside), inside)  # same bytes, so the sha256 still matches
+    with pytest.raises(PackageError, match="outside the package directory") as err:
+        load_package(package_copy)
+    assert err.value.field == "artifacts[1].file"
 
 
 def test_unsupported_schema_version(package_copy):

@@ -1,0 +1,130 @@
+"""The per-frame pipeline on its own: a real runtime (the example on ONNX Runtime) and a real outbox, no threads and
+no broker. What it commits is read back from the outbox and checked against the contract's models."""
+import base64
+import io
+import json
+import os
+import random
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgesight.agent.config import CameraConfig
+from edgesight.agent.outbox import Outbox
+from edgesight.agent.pipeline import FramePipeline, ModelView, Settings
+from edgesight.agent.policy import PolicyManager
+from edgesight.agent.prefetch import Prepared
+from edgesight.agent.sources import Frame
+from edgesight.agent.telemetry import Telemetry
+from edgesight.calibration.images import list_images, load_image
+from edgesight.calibration.preprocess import preprocess
+from edgesight.contract import payloads
+from edgesight.contract.policy import SamplingPolicy
+from edgesight.runtimes import load_package
+
+from support import EXAMPLE, EXAMPLE_PACKAGE
+
+VAL = os.path.join(EXAMPLE, "images", "val")
+
+
+@pytest.fixture(scope="module")
+def model():
+    pkg = load_package(EXAMPLE_PACKAGE)
+    rt = pkg.open_runtime("onnxruntime", input_layout="native")
+    yield pkg, rt
+    rt.close()
+
+
+def make(model, tmp_path, threshold=0.8, per_class=None, hysteresis=1, policy=None, masks=None,
+         publish_mode="every_frame", mask_units="pixels"):
+    pkg, rt = model
+    outbox = Outbox(str(tmp_path / "outbox.db"))
+    policy_mgr = PolicyManager(policy or SamplingPolicy(max_per_minute=None, min_gap=0, dedup={"enabled": False}),
+                               "dev1", "edgesight", outbox)
+    telemetry = Telemetry("dev1", "edgesight", [], outbox, None, None, policy_mgr)
+    cams = [CameraConfig(name="front", source={"type": "folder", "path": VAL}, privacy_masks=masks or [],
+                         mask_units=mask_units)]
+    view = ModelView(pkg.labels, pkg.manifest.output, {"name": "digits-cnn", "version": "1.0.0",
+                                                        "sha256": "0123456789ab", "artifact": "model.fp32.onnx",
+                                                        "runtime": "onnxruntime"})
+    settings = Settings("dev1", "edgesight", 3, threshold, per_class or {}, hysteresis, publish_mode, 0.0)
+    pipe = FramePipeline(rt, view, settings, cams, outbox, policy_mgr, telemetry, rng=random.Random(0))
+    return pipe, outbox, telemetry, pkg.preprocess_for(rt)
+
+
+def frames(label, n, spec, seq0=0):
+    paths = [p for p, lbl in list_images(VAL) if lbl == label][:n]
+    for i, p in enumerate(paths):
+        img = load_image(p)
+        yield Prepared("front", Frame(img, "rgb", time.time(), seq0 + i + 1), preprocess(img, spec)[None], 0.1)
+
+
+def committed(outbox, kind):
+    return [(r.topic, json.loads(r.payload)) for r in outbox.pending(10000) if r.kind == kind]
+
+
+def test_results_are_committed_with_the_documented_payload(model, tmp_path):
+    pipe, outbox, telemetry, spec = make(model, tmp_path)
+    for item in frames("seven", 5, spec):
+        pipe.process(item)
+    results = committed(outbox, "result")
+    assert len(results) == 5 and telemetry.processed == 5 and pipe.results_committed == 5
+    topic, r = results[0]
+    assert topic == "edgesight/dev1/front/result"
+    payloads.Result.model_validate(r)  # what the collector side would accept
+    assert r["label"] == "seven" and r["accepted"] and r["threshold"] == 0.8 and len(r["top_k"]) == 3
+    assert [x["frame"] for _, x in results] == [1, 2, 3, 4, 5] and len({x["id"] for _, x in results}) == 5
+    assert telemetry.counts == {"seven": 5} and telemetry.classes["seven"]["count"] == 5
+
+
+def test_thresholds_per_class_decide_accepted_and_uncertain_frames_become_samples(model, tmp_path):
+    pipe, outbox, telemetry, spec = make(model, tmp_path, threshold=0.5, per_class={"three": 1.0})
+    for item in frames("three", 4, spec):
+        pipe.process(item)
+    for item in frames("one", 2, spec, seq0=10):
+        pipe.process(item)
+    results = [r for _, r in committed(outbox, "result")]
+    three = [r for r in results if r["label"] == "three"]
+    assert len(three) == 4 and all(not r["accepted"] and r["threshold"] == 1.0 for r in three)
+    assert all(r["accepted"] for r in results if r["label"] == "one")
+    samples = [s for _, s in committed(outbox, "sample")]
+    assert len(samples) == 4 and {s["reason"] for s in samples} == {"low_confidence"}
+    assert {s["result_id"] for s in samples} == {r["id"] for r in three}  # each sample names its result
+    payloads.Sample.model_validate(samples[0])
+    assert telemetry.counts == {"_uncertain": 4, "one": 2}
+
+
+def test_state_changes_only_after_hysteresis_agreeing_frames(model, tmp_path):
+    pipe, outbox, _, spec = make(model, tmp_path, threshold=0.5, hysteresis=3)
+    for item in list(frames("two", 2, spec)) + list(frames("five", 3, spec, seq0=10)):
+        pipe.process(item)
+    states = committed(outbox, "state")
+    assert [s["label"] for _, s in states] == ["five"]  # two frames of "two" were not enough
+    assert states[0][0] == "edgesight/dev1/front/state"
+    assert all(r.retain for r in outbox.pending(100) if r.kind == "state")
+
+
+def test_on_change_publishes_only_when_the_label_changes(model, tmp_path):
+    pipe, outbox, telemetry, spec = make(model, tmp_path, threshold=0.5, publish_mode="on_change")
+    for item in list(frames("four", 3, spec)) + list(frames("nine", 2, spec, seq0=10)):
+        pipe.process(item)
+    assert [r["label"] for _, r in committed(outbox, "result")] == ["four", "nine"]
+    assert telemetry.processed == 5
+
+
+def test_privacy_mask_blacks_out_the_sample_and_quota_limits_it(model, tmp_path):
+    policy = SamplingPolicy(strategies=[{"type": "low_confidence", "per_minute": 2}], max_per_minute=None,
+                            min_gap=0, dedup={"enabled": False})
+    pipe, outbox, _, spec = make(model, tmp_path, threshold=1.0, policy=policy,
+                                 masks=[[[0, 0], [1, 0], [1, 0.5], [0, 0.5]]], mask_units="relative")
+    for item in frames("eight", 5, spec):
+        pipe.process(item)
+    samples = [s for _, s in committed(outbox, "sample")]
+    assert len(samples) == 2  # the strategy's quota
+    assert pipe.policy.sampler.skipped == {"quota": 3} and pipe.policy.sampler.taken == {"low_confidence": 2}
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(samples[0]["image"]["data"]))).convert("L"))
+    h = img.shape[0]
+    assert img[: h // 2 - 2].max() <= 8  # the masked top half is black (JPEG noise aside)
+    assert img[h // 2 + 2:].max() > 100  # the digit below is still there

@@ -1,0 +1,196 @@
+"""Capture threads (latest-frame slot), the preprocessing stage, worker failures, ready-made camera pipelines."""
+import numpy as np
+import pytest
+
+
+# -- worker failures end the agent loudly ------------------------------------------------------------------------
+def test_capture_thread_failure_is_reported_and_stops_the_agent():
+    import time
+
+    from edgesight.agent.service import Agent
+    from edgesight.agent.sources import Capture, Source
+    from edgesight.errors import InferenceError
+
+    class Broken(Source):
+        def open(self):
+            pass
+
+        def read(self):
+            raise RuntimeError("driver crashed")
+
+    cap = Capture("cam", Broken(), fps=100).start()
+    end = time.time() + 5
+    while cap.failed is None and time.time() < end:
+        time.sleep(0.01)
+    assert cap.state == "failed" and "driver crashed" in cap.last_error
+
+    class Worker(object):
+        failed = None
+
+    with pytest.raises(InferenceError, match="camera cam thread failed: RuntimeError: driver crashed"):
+        Agent._check_threads([cap], Worker(), Worker())
+
+
+def test_capture_latest_frame_slot_drops_stale_frames():
+    import time
+
+    from edgesight.agent.sources import Capture, Frame, Source
+
+    class Counter(Source):
+        n = 0
+
+        def open(self):
+            pass
+
+        def read(self):
+            self.n += 1
+            return Frame(np.zeros((2, 2, 3), np.uint8), "rgb", time.time(), self.n)
+
+    cap = Capture("cam", Counter(), fps=200).start()
+    time.sleep(0.3)  # nobody takes frames: only the latest is kept
+    frame = cap.take(timeout=1)
+    cap.stop()
+    assert frame is not None and frame.seq >= cap.captured - 1
+    assert cap.dropped >= cap.captured - 2 > 10
+
+
+class Numbered(object):
+    """A finite source of numbered 2x2 frames (value = seq) for the capture and preprocessing stages."""
+
+    def __new__(cls, count, value_offset=0):
+        import time
+
+        from edgesight.agent.sources import Frame, Source
+
+        class _Source(Source):
+            n = 0
+
+            def open(self):
+                pass
+
+            def read(self):
+                if self.n >= count:
+                    return None
+                self.n += 1
+                return Frame(np.full((2, 2, 3), self.n + value_offset, np.uint8), "rgb", time.time(), self.n)
+
+        return _Source()
+
+
+def wait_until(condition, timeout=5.0):
+    import time
+
+    end = time.time() + timeout
+    while not condition() and time.time() < end:
+        time.sleep(0.005)
+    assert condition()
+
+
+def test_prefetch_prepares_the_latest_frame_only_after_the_last_one_was_taken():
+    import time
+
+    from edgesight.agent.prefetch import Prefetch
+    from edgesight.agent.sources import Capture
+
+    prepared = []
+
+    def prepare(frame):
+        prepared.append(frame.seq)
+        return frame.image[None].astype(np.float32)
+
+    cap = Capture("cam", Numbered(100000), fps=500).start()
+    pre = Prefetch([cap], prepare).start()
+    try:
+        first = pre.take(timeout=2)
+        assert first is not None and first.camera == "cam" and first.tensor.shape == (1, 2, 2, 3)
+        assert float(first.tensor[0, 0, 0, 0]) == first.frame.seq % 256 and first.preprocess_ms >= 0
+        wait_until(lambda: len(prepared) == 2)
+        time.sleep(0.1)  # the camera goes on (~50 frames); the stage holds one prepared frame and waits
+        assert len(prepared) == 2  # nothing prepared while the slot is full
+        waiting = pre.take(timeout=1)
+        newest = cap.captured  # the slot is empty now: the stage takes the camera's latest frame at once
+        assert waiting is not None and waiting.frame.seq <= first.frame.seq + 2  # prepared when the first was taken
+        wait_until(lambda: len(prepared) == 3)
+        time.sleep(0.1)
+        assert len(prepared) == 3
+        fresh = pre.take(timeout=1)
+        assert fresh is not None and fresh.frame.seq <= newest + 2  # taken when the slot emptied, not 0.1 s later
+        assert fresh.frame.seq > waiting.frame.seq + 20  # the frames in between were never prepared...
+        assert cap.dropped > 40  # ...but dropped and counted by the camera, not queued
+    finally:
+        pre.stop()
+        cap.stop()
+
+
+def test_prefetch_round_robin_and_drained_at_the_end_of_every_camera():
+    import threading
+    import time
+
+    from edgesight.agent.prefetch import Prefetch
+    from edgesight.agent.sources import Frame
+
+    class Queued(object):
+        """A camera whose frames are all waiting (no drops), to check the order deterministically."""
+
+        def __init__(self, name, seqs):
+            self.name, self.frames, self.lock, self.taken = name, list(seqs), threading.Lock(), 0
+
+        def take(self, timeout):
+            with self.lock:
+                if self.frames:
+                    self.taken += 1
+                    seq = self.frames.pop(0)
+                    return Frame(np.full((2, 2, 3), seq, np.uint8), "rgb", time.time(), seq)
+            time.sleep(timeout)
+            return None
+
+        ended = property(lambda self: True)
+        has_frame = property(lambda self: bool(self.frames))
+
+    caps = [Queued("a", [1, 2, 3]), Queued("b", [11, 12, 13, 14, 15])]
+    pre = Prefetch(caps, lambda f: f.image[None]).start()
+    try:
+        end, got = time.time() + 5, []
+        while not pre.drained() and time.time() < end:
+            item = pre.take(timeout=0.05)
+            if item is not None:
+                got.append((item.camera, int(item.tensor[0, 0, 0, 0])))
+        assert pre.drained() and pre.take(timeout=0.01) is None
+        assert got == [("a", 1), ("b", 11), ("a", 2), ("b", 12), ("a", 3), ("b", 13), ("b", 14), ("b", 15)]
+    finally:
+        pre.stop()
+
+
+def test_prefetch_failure_is_reported_and_stops_the_agent():
+    from edgesight.agent.prefetch import Prefetch
+    from edgesight.agent.service import Agent
+    from edgesight.agent.sources import Capture
+    from edgesight.errors import InferenceError
+
+    def prepare(frame):
+        raise ValueError("frame has 7 channels")
+
+    cap = Capture("cam", Numbered(10), fps=100).start()
+    pre = Prefetch([cap], prepare).start()
+    try:
+        assert pre.take(timeout=2) is None  # returns at once when the stage failed
+        assert isinstance(pre.failed, ValueError)
+
+        class Worker(object):
+            failed = None
+
+        with pytest.raises(InferenceError, match="preprocessing thread failed: ValueError: frame has 7 channels"):
+            Agent._check_threads([cap], Worker(), pre)
+    finally:
+        pre.stop()
+        cap.stop()
+
+
+def test_ready_made_camera_pipelines():
+    from edgesight.agent.sources import jetson_csi_pipeline, pi_libcamera_pipeline
+
+    csi = jetson_csi_pipeline(sensor_id=1, width=1920, height=1080, fps=29.97)
+    assert csi.startswith("nvarguscamerasrc sensor-id=1 ") and "width=1920, height=1080, framerate=30/1" in csi
+    assert csi.endswith("appsink drop=true max-buffers=1 sync=false")  # never queue stale frames
+    pi = pi_libcamera_pipeline(640, 480, 15)
+    assert pi.startswith("libcamerasrc ") and "format=BGR" in pi and "framerate=15/1" in pi
