@@ -162,7 +162,7 @@ class MqttConfig(_Strict):
 
 class OutboxConfig(_Strict):
     path: str = "/var/lib/edgesight/outbox.db"
-    max_bytes: int = Field(64 << 20, ge=1 << 16, le=1 << 40)
+    max_bytes: int = Field(64 << 20, ge=256 << 10, le=1 << 40, description="the outbox's files on disk at most")
     max_attempts: int = Field(5, ge=1, le=1000, description="broker refusals before a message is dead-lettered")
 
 
@@ -320,11 +320,15 @@ def check_files(cfg: AgentConfig, doc: Optional[configfile.Document] = None) -> 
             _raise(doc, loc, "cannot read %s (%s)" % (p, "no such file" if not os.path.exists(p) else
                                                        "permission denied"))
     try:
+        from .outbox import check_path
+
+        check_path(cfg.outbox.path)
         if tls is not None:
             client.check_tls(tls.ca_file, tls.cert_file, tls.key_file)
         client.read_password(cfg.mqtt.password_file, None)  # the environment is the service's, not this shell's
     except ConfigError as exc:
-        _raise(doc, tuple(str(exc.field).split(".")), exc.message)
+        named = exc.file and exc.file not in exc.message
+        _raise(doc, tuple(str(exc.field).split(".")), "%s: %s" % (exc.file, exc.message) if named else exc.message)
 
 
 def _raise(doc: Optional[configfile.Document], loc: Tuple[Any, ...], message: str) -> None:

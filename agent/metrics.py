@@ -9,6 +9,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from socketserver import ThreadingMixIn
 from typing import Any, Callable, Dict, List, Optional
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -81,7 +83,11 @@ class MetricsServer(object):
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("metrics: " + fmt, *args)
 
-        self.server = _Server((host, port), Handler)
+        try:
+            self.server = _Server((host, port), Handler)
+        except OSError as exc:  # the port is taken, the address is not this host's, ...
+            raise ConfigError("cannot listen on %s:%d (%s): choose another metrics.port or metrics.host, or turn "
+                              "metrics off" % (host, port, exc.strerror or exc), field="metrics.port")
         self.server.timeout = 1.0
         self.port = self.server.server_address[1]
         self._thread: Optional[threading.Thread] = None

@@ -173,7 +173,11 @@ class Publisher(object):
             return
         busy = {row_id for row_id, _, _, _ in self._inflight.values()}
         for row in self.outbox.pending(room, exclude=busy):
-            mid = self.link.publish(row.topic, row.payload, row.qos, row.retain)
+            try:
+                mid = self.link.publish(row.topic, row.payload, row.qos, row.retain)
+            except (ValueError, TypeError, UnicodeError) as exc:  # paho refuses it for good (topic, size): a row
+                self.outbox.dead_letter(row.id, "the MQTT client refuses it: %s" % exc)  # that can never leave
+                continue  # must not stop the rest, at this start or the next
             if mid is None:
                 return
             now = time.time()

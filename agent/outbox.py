@@ -1,21 +1,34 @@
 """The durable outbox: every result and sample is committed here before it is published, and leaves only when the
 broker acknowledges it (QoS 1 PUBACK; QoS 0 stats leave once written to the socket).
 
-SQLite in WAL mode with ``synchronous=FULL``: a committed row survives SIGKILL and power loss. Bounded in bytes;
-when full, rows are evicted lowest priority first (stats, then samples, results last), oldest first, and counted.
-Rows the broker refuses ``max_attempts`` times move to ``dead_letter``. One connection guarded by a lock, so the
-pipeline and publisher threads can share it; paho's callbacks never touch it (they run under paho's lock).
+SQLite in WAL mode with ``synchronous=FULL``: a committed row survives SIGKILL and power loss. ``max_bytes`` bounds
+the files on disk, the database, its write-ahead log and its shared-memory index together (at least 256 KiB): the
+log is checkpointed and truncated once it passes ``wal_slack`` (a sixteenth of the bound, 64 KiB to 1 MiB), and a
+row is committed only when the database with the row's pages, the log with one more transaction in it and the index
+stay within the bound, measured on SQLite's own page counts. When full, rows are evicted lowest priority first
+(stats, then samples, results last), oldest first, and counted. Rows the broker or the MQTT client refuses for good
+move to ``dead_letter`` (payload cut to 4 KiB; the oldest dropped beyond a sixteenth of the bound). One connection
+guarded by a lock, so the pipeline and publisher threads can share it; paho's callbacks never touch it (they run
+under paho's lock).
 """
+import contextlib
 import logging
+import math
 import os
 import sqlite3
 import threading
 import time
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, Iterator, List, NamedTuple, Optional
+
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 PRIORITY = {"stats": 0, "sample": 1, "result": 2, "state": 2}
+MIN_BYTES = 256 * 1024
+DEAD_PAYLOAD = 4096
+SHM_BYTES = 32 * 1024  # the -shm index of a WAL database
+ROW_OVERHEAD = 100  # the other columns, the cell header and the index entry, bytes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -42,18 +55,60 @@ class Row(NamedTuple):
     captured: Optional[float]
 
 
+def disk_cost(size: int, page: int = 4096) -> int:
+    """Bytes a row with ``size`` bytes of topic and payload takes in the database file: in its leaf page when it is
+    small, else the leaf part plus whole overflow pages (SQLite's own split, file format section 1.6)."""
+    p = size + ROW_OVERHEAD
+    most, least = page - 35, (page - 12) * 32 // 255 - 23
+    if p <= most:
+        return p
+    local = least + (p - least) % (page - 4)
+    if local > most:
+        local = least
+    return int(math.ceil((p - local) / float(page - 4))) * page + local
+
+
+def check_path(path: str) -> None:
+    """ConfigError naming ``outbox.path`` when ``path`` is a directory or a file that is not an SQLite database."""
+    if os.path.isdir(path):
+        raise ConfigError("is a directory; give the outbox database file (e.g. /var/lib/edgesight/outbox.db)",
+                          file=path, field="outbox.path")
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if head != b"SQLite format 3\x00":
+            raise ConfigError("is not an edgesight outbox (not an SQLite database); move it away or give another "
+                              "path", file=path, field="outbox.path")
+
+
+def open_database(path: str) -> sqlite3.Connection:
+    """The outbox database at ``path``; a ConfigError naming ``outbox.path`` when it cannot be one."""
+    check_path(path)
+    try:
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+    except (sqlite3.DatabaseError, OSError) as exc:
+        raise ConfigError("cannot open the outbox database (%s); check the path and its permissions" % exc,
+                          file=path, field="outbox.path")
+    return db
+
+
 class Outbox(object):
     def __init__(self, path: str, max_bytes: int = 64 << 20, max_attempts: int = 5) -> None:
         self.path = path
-        self.max_bytes = int(max_bytes)
+        self.max_bytes = max(int(max_bytes), MIN_BYTES)
         self.max_attempts = int(max_attempts)
-        if os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(path)
+        self.page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        self.wal_slack = min(max(self.max_bytes // 16, 16 * self.page), 1 << 20)
+        self._db.execute("PRAGMA journal_size_limit=%d" % self.wal_slack)  # the log is truncated to this
+        self._db.execute("PRAGMA wal_autocheckpoint=%d" % max(1, self.wal_slack // self.page))
+        self.dead_limit = max(self.max_bytes // 16, 2 * DEAD_PAYLOAD)
         self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
 
     # -- writing ---------------------------------------------------------------------------------------------
@@ -63,48 +118,89 @@ class Outbox(object):
         of equal or higher priority (counted as ``dropped_<kind>``)."""
         prio = PRIORITY[kind]
         size = len(payload) + len(topic)
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                if self._bytes + size > self.max_bytes and not self._evict(cur, size, prio):
-                    self._count(cur, "dropped_" + kind)
-                    cur.execute("COMMIT")
-                    log.warning("outbox full (%d bytes): dropped a new %s", self._bytes, kind)
-                    return None
+        cost = disk_cost(size, self.page)
+        row_id = None
+        with self._transaction() as cur:
+            if self._fits(cur, cost) or self._evict(cur, cost, prio):
                 cur.execute("INSERT INTO outbox (kind, priority, topic, payload, qos, retain, size, created, "
                             "captured) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (kind, prio, topic, sqlite3.Binary(payload), qos, int(retain), size, time.time(),
                              captured))
                 row_id = cur.lastrowid
+            else:
+                self._count(cur, "dropped_" + kind)
+        if row_id is None:
+            log.warning("outbox full (%d bytes of messages): dropped a new %s", self._bytes, kind)
+        else:
+            self._bytes += size
+        return row_id
+
+    @contextlib.contextmanager
+    def _transaction(self, synchronous: str = "FULL") -> Iterator[sqlite3.Cursor]:
+        """BEGIN IMMEDIATE .. COMMIT under the lock (ROLLBACK on any error), then the log is kept small."""
+        with self._lock:
+            if synchronous != "FULL":
+                self._db.execute("PRAGMA synchronous=%s" % synchronous)
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-            self._bytes += size
-            return row_id
+            finally:
+                cur.close()  # an open statement would hold a read lock and stop the checkpoint
+                if synchronous != "FULL":
+                    self._db.execute("PRAGMA synchronous=FULL")
+            self._keep_log_small()
 
-    def _evict(self, cur: sqlite3.Cursor, needed: int, prio: int) -> bool:
-        """Delete lowest-priority, oldest rows (priority <= prio) until ``needed`` bytes fit. Inside a transaction."""
+    def _evict(self, cur: sqlite3.Cursor, cost: int, prio: int) -> bool:
+        """Delete lowest-priority, oldest rows (priority <= prio) until a row of ``cost`` fits; nothing is deleted
+        when even all of them would not make room. Inside a transaction."""
         victims = cur.execute("SELECT id, kind, size FROM outbox WHERE priority <= ? ORDER BY priority, id",
                               (prio,)).fetchall()
-        free = self.max_bytes - self._bytes
+        cur.execute("SAVEPOINT evict")
         chosen = []
         for row_id, kind, size in victims:
-            if free >= needed:
-                break
-            chosen.append((row_id, kind, size))
-            free += size
-        if free < needed:
-            return False
-        for row_id, kind, size in chosen:
             cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            chosen.append((row_id, kind, size))
+            if self._fits(cur, cost):
+                break
+        if not chosen or not self._fits(cur, cost):
+            cur.execute("ROLLBACK TO evict")  # even all of them would not make room: keep them
+            cur.execute("RELEASE evict")
+            return False
+        cur.execute("RELEASE evict")
+        for _, kind, size in chosen:
             self._count(cur, "evicted_" + kind)
             self._bytes -= size
-        if chosen:
-            log.warning("outbox full: evicted %d message(s) (%s)", len(chosen),
-                        ", ".join(sorted({k for _, k, _ in chosen})))
+        log.warning("outbox full: evicted %d message(s) (%s)", len(chosen),
+                    ", ".join(sorted({k for _, k, _ in chosen})))
         return True
+
+    def _fits(self, cur: sqlite3.Cursor, cost: int) -> bool:
+        """A row of ``cost`` bytes fits: the database once the row has taken the free pages it needs and grown by
+        the rest, the write-ahead log with the row's pages in it, and the shared-memory index stay within
+        ``max_bytes``. Measured on the transaction's own view of the file, not estimated."""
+        pages = int(cur.execute("PRAGMA page_count").fetchall()[0][0])  # fetchall: no statement left open
+        free = int(cur.execute("PRAGMA freelist_count").fetchall()[0][0])
+        need = int(math.ceil(cost / float(self.page))) + 2  # its pages and the b-tree pages it touches
+        database = (pages + max(0, need - free)) * self.page
+        # the log is truncated once past wal_slack, so it never holds more than that and one transaction
+        log_peak = self.wal_slack + (need + 4) * (self.page + 24)
+        return database + log_peak + SHM_BYTES <= self.max_bytes
+
+    def _log_bytes(self) -> int:
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
+
+    def _keep_log_small(self) -> None:
+        """Checkpoint and truncate the write-ahead log once it is past ``wal_slack`` (lock held)."""
+        if self._log_bytes() > self.wal_slack:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _count(self, cur: sqlite3.Cursor, name: str, n: int = 1) -> None:
         cur.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
@@ -131,56 +227,71 @@ class Outbox(object):
         Deletes commit with ``synchronous=NORMAL``: a delete lost to a power cut only means the message is sent
         once more (delivery is at-least-once), while every insert keeps ``synchronous=FULL``."""
         done: List[int] = []
-        with self._lock:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                for row_id in row_ids:
-                    row = cur.execute("SELECT size, kind FROM outbox WHERE id = ?", (row_id,)).fetchone()
-                    if row is None:
-                        continue
-                    cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-                    self._count(cur, "sent_" + row[1])
-                    self._bytes -= row[0]
-                    done.append(row_id)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            finally:
-                self._db.execute("PRAGMA synchronous=FULL")
+        freed = 0
+        with self._transaction(synchronous="NORMAL") as cur:
+            for row_id in row_ids:
+                row = cur.execute("SELECT size, kind FROM outbox WHERE id = ?", (row_id,)).fetchone()
+                if row is None:
+                    continue
+                cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+                self._count(cur, "sent_" + row[1])
+                freed += row[0]
+                done.append(row_id)
+        self._bytes -= freed
         return done
 
     def refused(self, row_id: int, reason: str) -> bool:
         """The broker refused the message (e.g. not authorized). After ``max_attempts`` it moves to dead_letter.
         Returns True when it was dead-lettered."""
         with self._lock:
-            row = self._db.execute("SELECT kind, topic, payload, attempts, created, size FROM outbox WHERE id = ?",
-                                   (row_id,)).fetchone()
+            row = self._db.execute("SELECT attempts FROM outbox WHERE id = ?", (row_id,)).fetchone()
             if row is None:
                 return False
-            attempts = row[3] + 1
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            if attempts >= self.max_attempts:
-                cur.execute("INSERT INTO dead_letter (id, kind, topic, payload, attempts, reason, created, died) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (row_id, row[0], row[1], row[2], attempts, reason,
-                                                                row[4], time.time()))
-                cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-                self._count(cur, "dead_" + row[0])
-                cur.execute("COMMIT")
-                self._bytes -= row[5]
-                log.error("dead-lettered message %d on %s after %d refusals: %s", row_id, row[1], attempts, reason)
-                return True
-            cur.execute("UPDATE outbox SET attempts = ? WHERE id = ?", (attempts, row_id))
-            cur.execute("COMMIT")
+            if row[0] + 1 < self.max_attempts:
+                self._db.execute("UPDATE outbox SET attempts = ? WHERE id = ?", (row[0] + 1, row_id))
+                return False
+        return self.dead_letter(row_id, reason, row[0] + 1)
+
+    def dead_letter(self, row_id: int, reason: str, attempts: int = 1) -> bool:
+        """Move a row that can never be delivered to ``dead_letter`` (a refusal for good: the broker said no
+        ``max_attempts`` times, or the MQTT client will not send its topic or payload). True when it was there."""
+        reason = reason[:1000]
+        with self._lock:
+            row = self._db.execute("SELECT kind, topic, payload, created, size FROM outbox WHERE id = ?",
+                                   (row_id,)).fetchone()
+        if row is None:
             return False
+        kind, topic, payload, created, size = row
+        kept = bytes(payload)[:DEAD_PAYLOAD]
+        with self._transaction() as cur:
+            cur.execute("INSERT INTO dead_letter (id, kind, topic, payload, attempts, reason, created, died) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (row_id, kind, topic, sqlite3.Binary(kept), attempts,
+                                                            reason, created, time.time()))
+            cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            self._count(cur, "dead_" + kind)
+            self._trim_dead(cur)
+        self._bytes -= size
+        log.error("dead-lettered message %d on %s after %d attempt(s): %s", row_id, topic[:200], attempts, reason)
+        return True
+
+    def _trim_dead(self, cur: sqlite3.Cursor) -> None:
+        """Keep the dead letters within ``dead_limit`` bytes: the oldest go first (counted as ``dead_dropped``)."""
+        total = "SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + LENGTH(reason) + %d), 0) FROM dead_letter" \
+            % ROW_OVERHEAD
+        while int(cur.execute(total).fetchone()[0]) > self.dead_limit:
+            cur.execute("DELETE FROM dead_letter WHERE id = (SELECT id FROM dead_letter ORDER BY died, id LIMIT 1)")
+            self._count(cur, "dead_dropped")
 
     # -- introspection ---------------------------------------------------------------------------------------
     @property
     def bytes(self) -> int:
+        """Bytes of messages (topic and payload) waiting."""
         return self._bytes
+
+    def disk_bytes(self) -> int:
+        """The outbox's files on disk now: database, write-ahead log and shared-memory index."""
+        return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal", self.path + "-shm")
+                   if os.path.exists(p))
 
     def depth(self) -> int:
         with self._lock:

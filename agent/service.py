@@ -112,16 +112,18 @@ class Agent(object):
         policy.report("applied")
         spec = self.spec
         prefetch = Prefetch(caps, lambda frame: preprocess(frame.image, spec, input_color=frame.color)[None])
+        metrics = None
+        if cfg.metrics.enabled:  # bound before any thread starts: a port in use is a config error, nothing runs
+            from .metrics import MetricsServer
+
+            metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, telemetry.snapshot)
         link.start()
         publisher.start()
         for cap in caps:
             cap.start()
         prefetch.start()
-        metrics = None
-        if cfg.metrics.enabled:
-            from .metrics import MetricsServer
-
-            metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, telemetry.snapshot).start()
+        if metrics is not None:
+            metrics.start()
         return _Parts(outbox, link, publisher, caps, prefetch, policy, telemetry, pipeline, metrics)
 
     def _loop(self, stop: threading.Event, p: "_Parts", max_frames: Optional[int], duration: Optional[float]) -> None:

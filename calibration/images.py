@@ -16,13 +16,32 @@ def _pil():
     return Image, ImageOps
 
 
+MAX_PIXELS = 100_000_000
+
+
+def to_rgb8(im) -> np.ndarray:
+    """A Pillow image as HxWx3 uint8 RGB. 16- and 32-bit integer images (16-bit PNGs, TIFFs) are scaled to 8 bits,
+    not clipped (Pillow's own conversion clips 0..65535 to 0..255, which turns a dark 16-bit frame white)."""
+    if im.mode.startswith("I") or im.mode == "F":
+        arr = np.asarray(im)
+        top = 65535.0 if im.mode.startswith("I;16") or (arr.size and float(arr.max()) <= 65535) else float(arr.max())
+        gray = np.clip(np.round(arr.astype(np.float64) * (255.0 / top if top > 0 else 1.0)), 0, 255)
+        return np.repeat(gray.astype(np.uint8)[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
 def load_image(path: str) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB, honouring its EXIF orientation."""
     Image, ImageOps = _pil()
     try:
         with Image.open(path) as im:
+            if im.size[0] * im.size[1] > MAX_PIXELS:
+                raise ImageError("is %dx%d pixels, more than %d: not a camera frame or a training image"
+                                 % (im.size[0], im.size[1], MAX_PIXELS), file=path)
             im = ImageOps.exif_transpose(im)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return to_rgb8(im)
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError("no such image file", file=path)
     except Exception as exc:  # Pillow raises many types for corrupt data

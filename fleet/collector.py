@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..contract.client import CLI_FIELDS, ClientSettings, make_client
 from ..contract.topics import sample_subscription
-from ..errors import BrokerError, ConfigError
+from ..errors import BrokerError, ConfigError, require_module
 from .intake import Rejected, parse_sample
 from .store import Dataset
 
@@ -77,6 +77,7 @@ class Collector(object):
         self.opts = opts
         self.client_id = opts.client_id or "edgesight-collect-%s-%s" % (socket.gethostname().split(".")[0],
                                                                         opts.group)
+        require_module("PIL.Image", "edgesight collect (checking sample JPEGs)", "fleet", package="Pillow")
         self.dataset = Dataset(opts.dataset, collector=self.client_id)
         self.stats = Stats()
         self.inbox: "queue.Queue[Tuple[int, int, str, bytes]]" = queue.Queue()
@@ -177,18 +178,32 @@ class Collector(object):
         return batch
 
     def process(self, batch: List[Tuple[int, int, str, bytes]]) -> None:
-        """Check, store, then acknowledge: a message is acknowledged only once it is on disk."""
-        samples = []
+        """Check, store, then acknowledge: a message is acknowledged only once it is on disk, stored or filed
+        under ``_rejected/``. Nothing a payload holds can stop the collector: a message that cannot be checked or
+        stored is a rejection (and acknowledged), while a disk that cannot take even the rejection stops it
+        before anything is acknowledged (the broker sends the batch again)."""
+        checked = []  # (sample, topic, body)
         for _, _, topic, body in batch:
             self.stats.received += 1
             try:
-                samples.append(parse_sample(topic, body, self.opts.max_bytes))
+                checked.append((parse_sample(topic, body, self.opts.max_bytes), topic, body))
             except Rejected as exc:
                 self._reject(topic, body, exc.reason)
-            except Exception as exc:  # a payload must never stop the collector
-                log.exception("unexpected error while checking a payload on %s", topic)
-                self._reject(topic, body, "unreadable payload (%s: %s)" % (type(exc).__name__, exc))
-        stored, dupes = self.dataset.add_batch(samples)  # disk errors propagate: exit, nothing acknowledged
+            except Exception as exc:  # a payload must never stop the collector (one line, no traceback)
+                self._reject(topic, body, "unreadable payload (%s: %s)" % (type(exc).__name__, str(exc)[:300]))
+        try:
+            stored, dupes = self.dataset.add_batch([c[0] for c in checked])
+        except Exception as exc:  # one sample may be the cause: store them one by one, reject what fails
+            log.warning("storing a batch of %d failed (%s: %s): storing one by one", len(checked),
+                        type(exc).__name__, exc)
+            stored = dupes = 0
+            for sample, topic, body in checked:
+                try:
+                    one, dup = self.dataset.add_batch([sample])
+                except Exception as exc1:  # the sample cannot be stored; if the disk is at fault, so is reject()
+                    self._reject(topic, body, "cannot store it (%s: %s)" % (type(exc1).__name__, str(exc1)[:300]))
+                    continue
+                stored, dupes = stored + one, dupes + dup
         self.stats.stored += stored
         self.stats.duplicates += dupes
         if stored:

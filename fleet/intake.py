@@ -77,14 +77,16 @@ def _decode_jpeg(image: Image) -> bytes:
         raise Rejected("image.data is not base64: %s" % exc)
     if not jpeg.startswith(b"\xff\xd8"):
         raise Rejected("image.data is not a JPEG (no SOI marker)")
-    from PIL import Image as PilImage, UnidentifiedImageError
+    from PIL import Image as PilImage
 
     try:
-        with PilImage.open(io.BytesIO(jpeg)) as im:
+        with PilImage.open(io.BytesIO(jpeg)) as im:  # the header only: the pixels are never decoded here
             size = im.size
             fmt = im.format
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise Rejected("image.data does not open as a JPEG: %s" % exc)
+    except PilImage.DecompressionBombError as exc:
+        raise Rejected("image.data is too large to be a sample (%s)" % exc)
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        raise Rejected("image.data does not open as a JPEG: %s: %s" % (type(exc).__name__, str(exc)[:200]))
     if fmt != "JPEG" or size != (image.width, image.height):
         raise Rejected("image is %s %dx%d, the payload says jpeg %dx%d" % (fmt, size[0], size[1], image.width,
                                                                           image.height))

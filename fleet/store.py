@@ -47,15 +47,36 @@ def _write_synced(path: str, data: bytes, flags: int = os.O_CREAT | os.O_EXCL) -
         os.close(fd)
 
 
+REQUIRED = ("id", "file", "sha256", "label")
+
+
+def parse_record(line: bytes) -> Optional[Dict[str, Any]]:
+    """One manifest line as a record, or None when it is not one (not JSON, not an object, or without a string
+    ``id``, ``file``, ``sha256`` and ``label``): such a line was not written by a collector and is skipped."""
+    try:
+        rec = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in REQUIRED):
+        return None
+    return rec
+
+
 def read_manifest(root: str) -> Iterator[Dict[str, Any]]:
-    """Every complete record of a dataset's manifest (a torn last line is left out)."""
+    """Every complete, well-formed record of a dataset's manifest (a torn last line and lines that are not records
+    are left out, the latter with a warning naming the line)."""
     path = os.path.join(root, MANIFEST)
     if not os.path.exists(path):
         return
     with open(path, "rb") as f:
-        for line in f:
-            if line.endswith(b"\n") and line.strip():
-                yield json.loads(line.decode("utf-8"))
+        for n, line in enumerate(f, 1):
+            if not line.endswith(b"\n") or not line.strip():
+                continue
+            rec = parse_record(line)
+            if rec is None:
+                log.warning("%s line %d is not a sample record (needs %s): skipped", path, n, ", ".join(REQUIRED))
+                continue
+            yield rec
 
 
 class Dataset(object):
@@ -110,10 +131,9 @@ class Dataset(object):
         for line in data[:end].splitlines():
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line.decode("utf-8"))
-            except ValueError:
-                log.warning("%s: skipping an unreadable line", self.manifest_path)
+            rec = parse_record(line)
+            if rec is None:
+                log.warning("%s: skipping a line that is not a sample record", self.manifest_path)
                 continue
             self.ids.add(rec["id"])
             self.hashes.add(rec["sha256"])
@@ -134,9 +154,9 @@ class Dataset(object):
 
     # -- storing ---------------------------------------------------------------------------------------------
     def file_for(self, s: Sample) -> str:
-        p = s.payload
-        stamp = p.ts.replace("-", "").replace(":", "")
-        return "%s/%s_%s_%s_%s.jpg" % (folder_name(p.label), stamp, p.device, p.camera, p.id)
+        """``<class folder>/<message id>.jpg``: the name comes from the checked id, never from free payload text
+        (the class folder is the label made safe and short; the manifest keeps the exact label)."""
+        return "%s/%s.jpg" % (folder_name(s.payload.label), s.payload.id)
 
     def add_batch(self, samples: List[Sample]) -> Tuple[int, int]:
         """Store the new ones of ``samples``; returns (stored, duplicates). Durable when it returns."""
@@ -165,7 +185,7 @@ class Dataset(object):
                 os.replace(tmp, os.path.join(self.root, rel))
                 folders.add(os.path.dirname(os.path.join(self.root, rel)))
                 rec = manifest_record(s, rel, digest, received, self.collector)
-                lines.append(json.dumps(rec, separators=(",", ":")) + "\n")
+                lines.append(json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n")
                 self.ids.add(s.payload.id)
                 self.hashes.add(digest)
                 self.counts[s.payload.label] = self.counts.get(s.payload.label, 0) + 1

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from edgesight.calibration.dataset import ImageFolder, OrtCalibrationReader, label_indices, save_npy
-from edgesight.calibration.images import load_image
+from edgesight.calibration.images import list_images, load_image
 from edgesight.calibration.preprocess import PreprocessSpec
 from edgesight.errors import ConfigError
 
@@ -108,3 +108,16 @@ def test_npy_for_tflite_is_nhwc(tmp_path):
 def test_example_calibration_split_is_labelled():
     folder = ImageFolder(os.path.join(EXAMPLE, "images", "calib"))
     assert folder.labelled and len(folder.classes) == 10 and len(folder.samples) == 300
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """The same digit as an 8-bit and a 16-bit PNG gives the same pixels (Pillow's own conversion clipped the
+    16-bit one: pixel mean 183 instead of 87)."""
+    path = next(p for p, _ in list_images(os.path.join(EXAMPLE, "images", "val")))
+    eight = load_image(path)
+    gray = eight.mean(axis=2).round().astype(np.uint16)
+    Image.fromarray((gray * 257).astype(np.uint16)).save(str(tmp_path / "d16.png"))
+    assert Image.open(str(tmp_path / "d16.png")).mode.startswith("I")
+    sixteen = load_image(str(tmp_path / "d16.png"))
+    assert sixteen.dtype == np.uint8 and sixteen.shape == eight.shape
+    assert abs(float(sixteen.mean()) - float(gray.mean())) < 0.5, (sixteen.mean(), gray.mean())
