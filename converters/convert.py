@@ -105,7 +105,9 @@ def merge_preprocess(model: str, spec: Optional[PreprocessSpec], flags: Dict[str
         return PreprocessSpec(**dict(base, **given))
     except ValidationError as exc:
         problems, field = validation_problems(exc.errors())
-        raise ConfigError("invalid preprocessing flags: %s" % problems, field="--" + (field or "preprocess"))
+        named = [k for k in given if k in problems]  # a rule across fields (mean/std vs color) names the flag
+        raise ConfigError("invalid preprocessing flags: %s" % problems,
+                          field="--" + (field or (named[0] if named else "preprocess")))
 
 
 def resolve_labels(iface: OnnxInterface, given: Optional[List[str]], folders: Sequence[ImageFolder]) -> List[str]:

@@ -13,7 +13,7 @@ from support import EXAMPLE_PACKAGE, require_or_skip, tensorrt_importable  # noq
 
 BROKER_FIXTURES = {"broker", "pki"}
 BROKER_MODULES = {"test_agent_mqtt", "test_sampling_mqtt", "test_agent_security", "test_collector",
-                  "test_agent_to_collector"}
+                  "test_agent_to_collector", "test_poison"}
 
 
 def pytest_collection_modifyitems(config, items):

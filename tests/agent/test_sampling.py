@@ -187,6 +187,15 @@ def test_drift_histogram_per_class():
     (b'{"strategies": [{"type": "random"}, {"type": "random"}]}', "strategies"),
     (b'{"strategies": []}', "strategies"),
     (b"{" + b" " * (70 * 1024) + b"}", None),
+    (b"[" * 1000, None),  # once a RecursionError that killed the agent at every start
+    (b'{"min_gap": 1e999}', "min_gap"),  # infinity
+    (b'{"min_gap": NaN}', None),  # not JSON
+    (b'{"v": true}', "v"),  # True == 1 in Python: versions must be integers
+    (b'{"v": 1.0}', "v"),
+    (b'{"dedup": ' * 20 + b"{}" + b"}" * 20, None),  # deeper than any policy
+    (b'{"strategies": [{"type": "class_target", "classes": ["' + b"x" * 300 + b'"]}]}',
+     "strategies[0].classes[0]"),
+    (b"\xff\xfe{}", None),
 ])
 def test_bad_policy_payloads_are_refused_with_the_field(payload, field):
     with pytest.raises(ConfigError) as exc:

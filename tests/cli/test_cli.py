@@ -156,3 +156,24 @@ def test_no_command_prints_usage():
     proc = run_cli()
     assert proc.returncode == 2
     assert "usage: edgesight" in proc.stderr
+
+
+def test_a_metrics_port_in_use_is_a_config_error_before_anything_starts(tmp_path):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "device_id": "dev1", "package": os.path.join(EXAMPLE, "package"),
+            "cameras": [{"name": "front", "source": {"type": "folder",
+                                                     "path": os.path.join(EXAMPLE, "images", "val")}}],
+            "mqtt": {"host": "127.0.0.1", "port": 1}, "outbox": {"path": str(tmp_path / "o.db")},
+            "metrics": {"enabled": True, "port": busy.getsockname()[1]}}))
+        proc = run_cli("agent", "--config", cfg, "--drain-timeout", "0")
+    finally:
+        busy.close()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "edgesight: error: field 'metrics.port'" in proc.stderr and "choose another" in proc.stderr

@@ -30,8 +30,9 @@ def test_bad_payload_corpus_over_mqtt_lands_in_rejected_and_the_collector_carrie
         assert proc.poll() is None
     finally:
         pub.close()
-    summary, _ = stop_collector(proc)
+    summary, err = stop_collector(proc)
     assert summary["rejected"] == len(corpus) and summary["stored"] == 1
+    assert "Traceback" not in err  # a rejected payload is one log line with its reason
     files = sorted(os.listdir(str(ds / REJECTED)))
     assert len(files) == len(corpus)
     reasons = [json.load(open(str(ds / REJECTED / f)))["reason"] for f in files]
@@ -108,6 +109,35 @@ def test_plain_subscription_collector_keeps_samples_sent_while_it_reconnects_aft
 def test_collect_bad_options_fail_with_the_option_named(tmp_path, args, code, needle):
     r = run_cli("collect", str(tmp_path / "ds"), *args)
     assert r.returncode == code and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_missing_pillow_fails_at_start_not_on_every_sample(tmp_path):
+    shadow = tmp_path / "shadow" / "PIL"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('PIL is broken on this host')\n")
+    r = run_cli("collect", tmp_path / "ds", "--port", "1", env={"PYTHONPATH": str(shadow.parent)})
+    assert r.returncode == 5 and "Pillow" in r.stderr and "edgesight[fleet]" in r.stderr, r.stderr
+    assert not (tmp_path / "ds").exists()  # nothing was started
+
+
+def test_manifest_lines_that_are_not_records_are_skipped_by_collect_and_export(tmp_path):
+    from edgesight.fleet.store import Dataset
+
+    ds = tmp_path / "ds"
+    d = Dataset(str(ds))
+    topic, body = sample_payload(4)
+    from edgesight.fleet.intake import parse_sample
+
+    d.add_batch([parse_sample(topic, payloads.encode(body))])
+    d.close()
+    with open(str(ds / "manifest.jsonl"), "a") as f:
+        f.write('{"valid": "json", "but": "no id"}\n[1, 2]\n{"id": 7, "file": "x"}\n')
+    d = Dataset(str(ds))  # catches up past the bad lines instead of a KeyError
+    assert len(d) == 1
+    d.close()
+    r = run_cli("collect", "export", ds, "--format", "folder", "--out", tmp_path / "out", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["images"] == 1, r.stderr
+    assert "line 2 is not a sample record" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_export_refuses_a_folder_that_is_not_a_collected_dataset(tmp_path):

@@ -67,7 +67,25 @@ def bad_corpus():
         ("path in the device", changed(device="../../etc"), "device"),
         ("topic mismatch", changed(camera="back"), "does not match"),
         ("binary garbage", os.urandom(300), "not JSON"),
+        ("nested 5000 deep", b'{"a":' * 5000 + b"1" + b"}" * 5000, "nested too deeply"),
+        ("NaN threshold", changed(threshold=float("nan")), "not JSON"),
+        ("huge exponent score", changed(score=1e308 * 10), "not JSON"),  # json writes Infinity
+        ("version true", changed(v=True), "schema version True"),
+        ("300-digit ts", changed(ts="2026-11-22T08:34:54." + "9" * 300 + "Z"), "ts"),
+        ("60000x60000 JPEG header", changed(image=dict(img, width=16384, height=16384,
+                                                       data=base64.b64encode(bomb_header()).decode())),
+         "too large"),
+        ("label of 300 characters", changed(label="x" * 300), "label"),
+        ("21 top_k", changed(top_k=[{"label": "a", "score": 0.1}] * 21), "top_k"),
     ]
+
+
+def bomb_header() -> bytes:
+    """A real JPEG whose frame header (SOF0) says 60000x60000: Pillow's decompression-bomb check fires on open."""
+    data = bytearray(jpeg(5))
+    i = data.index(b"\xff\xc0")
+    data[i + 5:i + 9] = (60000).to_bytes(2, "big") * 2  # height, width
+    return bytes(data)
 
 
 def start_collector(dataset, port, *extra):
