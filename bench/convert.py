@@ -70,13 +70,15 @@ t0 = time.perf_counter()
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 model, npy, work, onnx2tf, shape = sys.argv[1:6]
+input_name = sys.argv[6] if len(sys.argv) > 6 else "image"  # the model's input
+extra = sys.argv[7].split(",") if len(sys.argv) > 7 and sys.argv[7] else []  # onnx2tf -rtpo ops
 x = np.load(npy)  # preprocessed NCHW calibration tensors
 class Reader(CalibrationDataReader):
     def __init__(self):
         self.i = 0
     def get_next(self):
         self.i += 1
-        return {"image": x[self.i - 1:self.i]} if self.i <= len(x) else None
+        return {input_name: x[self.i - 1:self.i]} if self.i <= len(x) else None
 quant_pre_process(model, os.path.join(work, "pre.onnx"))
 for name, act, sym, bias in (("trt", QuantType.QInt8, True, False), ("cpu", QuantType.QUInt8, False, True)):
     quantize_static(os.path.join(work, "pre.onnx"), os.path.join(work, name + ".onnx"), Reader(),
@@ -87,22 +89,24 @@ np.save(os.path.join(work, "calib_nhwc.npy"), x.transpose(0, 2, 3, 1))
 np.save(os.path.join(work, "calibration_image_sample_data_20x128x128x3_float32.npy"), np.zeros((20, 128, 128, 3), np.float32))
 shutil.copyfile(model, os.path.join(work, "hand.onnx"))
 c = int(shape.split(",")[1])
-subprocess.run([onnx2tf, "-i", "hand.onnx", "-o", "hand_out", "-ois", "image:" + shape, "-oiqt", "-qt", "per-channel",
-                "-cind", "image", "calib_nhwc.npy", "[[[[%s]]]]" % ",".join(["0.0"] * c),
-                "[[[[%s]]]]" % ",".join(["1.0"] * c), "-iqd", "int8", "-oqd", "int8"], cwd=work,
-               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+subprocess.run([onnx2tf, "-i", "hand.onnx", "-o", "hand_out", "-ois", input_name + ":" + shape, "-oiqt", "-qt", "per-channel",
+                "-cind", input_name, "calib_nhwc.npy", "[[[[%s]]]]" % ",".join(["0.0"] * c),
+                "[[[[%s]]]]" % ",".join(["1.0"] * c), "-iqd", "int8", "-oqd", "int8"] + (["-rtpo"] + extra if extra else []),
+               cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
 print(time.perf_counter() - t0)
 """
 
 
-def by_hand(model: str, spec: PreprocessSpec, calib_dir: str, count: int, work: str):
+def by_hand(model: str, spec: PreprocessSpec, calib_dir: str, count: int, work: str, input_name: str = "image",
+            rtpo: str = ""):
     """The same three conversions with the tools called directly, in a fresh interpreter (cold imports, as for the
     CLI). Images are decoded and preprocessed beforehand and not counted. Returns (seconds, FP32 TFLite path)."""
     npy = os.path.join(work, "calib_nchw.npy")
     np.save(npy, ImageFolder(calib_dir).load(spec, count).tensors)
     shape = "1,%d,%d,%d" % (spec.channels, spec.height, spec.width)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", BY_HAND, model, npy, work, toolchain.require("tflite"), shape],
+    subprocess.run([sys.executable, "-c", BY_HAND, model, npy, work, toolchain.require("tflite"), shape, input_name,
+                    rtpo],
                    env=toolchain.tool_env("tflite"), stdout=subprocess.PIPE, check=True, timeout=3600)
     return time.perf_counter() - t0, os.path.join(work, "hand_out", "hand_float32.tflite")
 

@@ -22,11 +22,15 @@ def register(sub: Any) -> None:
     p.add_argument("--mean", type=float, nargs="+")
     p.add_argument("--std", type=float, nargs="+")
     p.add_argument("--layout", choices=("nchw", "nhwc"))
-    p.add_argument("--targets", help="comma-separated: onnx-int8-trt,onnx-int8-cpu,tflite-int8,tensorrt (default all)")
+    p.add_argument("--targets", help="comma-separated from onnx-int8-trt, onnx-int8-trt-fp16 (TensorRT 10/11), "
+                   "onnx-int8-cpu, tflite-int8, tensorrt (default: all but onnx-int8-trt-fp16)")
     p.add_argument("--out", help="package directory (default: MODEL-package)")
     p.add_argument("--max-accuracy-drop", type=non_negative, default=1.0,
                    help="gate: top-1 drop in points (default 1.0)")
     p.add_argument("--min-agreement", type=non_negative, default=0.98, help="gate: top-1 agreement with FP32 (0.98)")
+    p.add_argument("--min-cosine", type=probability, default=0.99, help="fidelity: INT8 ONNX keeps its most "
+                   "sensitive layers in float until its logits reach this cosine with FP32, and the gate asks it "
+                   "of every artifact (default 0.99)")
     p.add_argument("--calib-count", type=positive, default=300, help="calibration images to sample (default 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
@@ -45,18 +49,19 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..calibration.preprocess import read_preprocess
-    from ..converters.convert import EXIT_TARGET_FAILED, PREPROCESS_FLAGS, TARGETS, ConvertOptions, Progress, \
-        convert, merge_preprocess
+    from ..converters.convert import DEFAULT_TARGETS, EXIT_TARGET_FAILED, PREPROCESS_FLAGS, ConvertOptions, \
+        Progress, convert, merge_preprocess
     from ..files import read_labels
 
     spec = read_preprocess(args.preprocess) if args.preprocess else None
     spec = merge_preprocess(args.model, spec, {k: getattr(args, k) for k in PREPROCESS_FLAGS})
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else list(TARGETS)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else list(DEFAULT_TARGETS)
     stem = os.path.splitext(os.path.basename(args.model))[0].replace(".fp32", "")
     opts = ConvertOptions(
         model=args.model, calib=args.calib, val=args.val, out=args.out or stem + "-package",
         labels=read_labels(args.labels, field="--labels") if args.labels else None, preprocess=spec,
         targets=targets, max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement,
+        min_cosine=args.min_cosine,
         calib_count=args.calib_count, seed=args.seed, method=args.method, tflite_io=args.tflite_io, name=args.name,
         version=args.version, threshold=args.threshold, output=args.output, force=args.force)
     result = convert(opts, Progress(enabled=not args.quiet))
@@ -86,13 +91,17 @@ def _cells(a: Dict[str, Any], fp32: Dict[str, Any]) -> tuple:
 
 
 def print_report(rep: Dict[str, Any], package_dir: str) -> None:
-    row = "%-14s %-22s %9s %8s %8s %9s %8s %9s %6s  %s"
+    row = "%-18s %-22s %9s %8s %8s %9s %8s %9s %6s  %s"
     out(row % ("target", "file", "size", "x fp32", "top-1", "agreement", "cosine", "latency", "x fp32", "gate"))
     fp32 = rep["fp32"]
     for a in [dict(fp32, target="fp32 (source)", gate=None)] + rep["artifacts"]:
         out(row % _cells(a, fp32))
+    for a in rep["artifacts"]:
+        if a.get("float_nodes"):
+            out("%-18s %d layer(s) kept in float: %s" % (a["target"], len(a["float_nodes"]), ", ".join(
+                a["float_nodes"][:6]) + (", ..." if len(a["float_nodes"]) > 6 else "")))
     for f in rep["failed"]:
-        out("%-14s FAILED: %s" % (f["target"], f["error"]))
+        out("%-18s FAILED at %s: %s" % (f["target"], f.get("step", "convert"), f["error"]))
     for note in rep["notes"]:
         out(note)
     if rep["calibration"]["skipped"]:

@@ -43,6 +43,8 @@ def _type_name(t: Any) -> str:
         name = "object"
     elif get_origin(t) is not None and get_args(t):  # Annotated[...]
         name = _type_name(get_args(t)[0])
+    elif t is Any:
+        name = "any JSON value"
     else:
         name = {str: "string", int: "integer", float: "number", bool: "boolean"}.get(t, getattr(t, "__name__",
                                                                                             str(t)))

@@ -25,6 +25,7 @@ from .package_builder import create_fp32_package
 log = logging.getLogger(__name__)
 
 TARGETS = targets.TARGETS
+DEFAULT_TARGETS = targets.DEFAULT
 FILES = targets.FILES
 EXIT_TARGET_FAILED = 7
 EXIT_GATE_FAILED = 8
@@ -38,9 +39,10 @@ class ConvertOptions(NamedTuple):
     val: Optional[str] = None
     labels: Optional[List[str]] = None
     preprocess: Optional[PreprocessSpec] = None
-    targets: Sequence[str] = TARGETS
+    targets: Sequence[str] = DEFAULT_TARGETS
     max_accuracy_drop: float = 1.0
     min_agreement: float = 0.98
+    min_cosine: float = 0.99
     calib_count: int = 300
     seed: int = 0
     method: str = onnx_quant.DEFAULT_METHOD
@@ -167,7 +169,7 @@ def _prepare(opts: ConvertOptions, progress: Progress) -> _Inputs:
 def _build_targets(opts: ConvertOptions, inp: _Inputs, progress: Progress, notes: List[str]):
     """Every target in turn; a failed one is recorded (its file removed) and the others still run."""
     job = targets.Job(inp.pkg.path(inp.pkg.manifest.source), opts.out, inp.iface, inp.calib, inp.spec, opts.method,
-                      opts.tflite_io, progress.step, notes)
+                      opts.tflite_io, progress.step, notes, opts.min_cosine)
     built: List[Dict[str, Any]] = []
     failed: List[Dict[str, str]] = []
     for target in opts.targets:
@@ -176,7 +178,7 @@ def _build_targets(opts: ConvertOptions, inp: _Inputs, progress: Progress, notes
             entries = targets.build(job, target, built)
         except EdgesightError as exc:
             log.error("%s failed: %s", target, exc)
-            failed.append({"target": target, "error": str(exc)})
+            failed.append({"target": target, "step": "convert", "error": str(exc)})
             dst = os.path.join(opts.out, FILES[target])
             if os.path.exists(dst):
                 os.unlink(dst)
@@ -201,7 +203,8 @@ def convert(opts: ConvertOptions, progress: Optional[Progress] = None) -> Conver
     truth = label_indices(inp.val.samples, inp.labels)
     checked = validate.validate(opts.out, inp.pkg.path(inp.pkg.manifest.source), artifacts, inp.val.tensors,
                                 inp.spec.layout, inp.labels, truth, opts.output, opts.max_accuracy_drop,
-                                opts.min_agreement, opts.latency_runs)
+                                opts.min_agreement, opts.latency_runs, opts.min_cosine)
+    failed += checked.failed
     rep = {
         "edgesight": __version__, "package": {"name": inp.pkg.manifest.name, "version": opts.version},
         "labels": inp.labels, "source": opts.model, "validation_set": inp.val_name,
@@ -210,7 +213,9 @@ def convert(opts: ConvertOptions, progress: Optional[Progress] = None) -> Conver
                         "skipped": [{"file": p, "reason": r} for p, r in inp.calib.skipped]},
         "validation_skipped": [{"file": p, "reason": r} for p, r in inp.val.skipped] if inp.val is not inp.calib
         else [],
-        "gate": {"max_accuracy_drop": opts.max_accuracy_drop, "min_agreement": opts.min_agreement},
+        "gate": {"max_accuracy_drop": opts.max_accuracy_drop, "min_agreement": opts.min_agreement,
+                 "min_cosine": opts.min_cosine},
+        "versions": tool_versions(),
         "fp32": checked.fp32, "artifacts": [dict(a, name=a["target"]) for a in artifacts], "failed": failed,
         "notes": notes, "seconds": round(time.perf_counter() - t_start, 2),
         "timings": {"load_images": round(t_loaded - t_start, 3), "targets": round(t_targets - t_loaded, 3),
@@ -219,6 +224,20 @@ def convert(opts: ConvertOptions, progress: Optional[Progress] = None) -> Conver
     _write(opts.out, inp.pkg, artifacts, rep, passed=not checked.gate_failed and not failed, truth=truth)
     code = EXIT_TARGET_FAILED if failed else (EXIT_GATE_FAILED if checked.gate_failed else 0)
     return ConvertResult(ModelPackage.load(opts.out), rep, code)
+
+
+def tool_versions() -> Dict[str, Optional[str]]:
+    """The versions that decide the output's quality, recorded in every report."""
+    from .tflite import tool_version
+
+    out: Dict[str, Optional[str]] = {}
+    for name, module in (("onnxruntime", "onnxruntime"), ("onnx", "onnx"), ("numpy", "numpy")):
+        try:
+            out[name] = str(__import__(module).__version__)
+        except ImportError:
+            out[name] = None
+    out["onnx2tf"] = tool_version()
+    return out
 
 
 def _write(out: str, pkg: ModelPackage, artifacts: List[Dict[str, Any]], rep: Dict[str, Any], passed: bool,

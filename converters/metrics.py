@@ -41,9 +41,14 @@ def histogram(values: np.ndarray, bins: int = 10) -> List[int]:
     return [int(c) for c in counts]
 
 
+DECISIVE_MARGIN = 0.1  # FP32's top-1 beats its top-2 by this much probability: a flip there is a real change
+
+
 def compare(outputs: np.ndarray, probs: np.ndarray, labels: Sequence[str], truth: Optional[np.ndarray],
-            ref_outputs: Optional[np.ndarray] = None) -> Dict[str, object]:
-    """Metrics for one artifact: top-1 (+ confusion, per class) where labelled, agreement/cosine vs a reference."""
+            ref_outputs: Optional[np.ndarray] = None, ref_probs: Optional[np.ndarray] = None) -> Dict[str, object]:
+    """Metrics for one artifact: top-1 (+ confusion, per class) where labelled; agreement, logit cosine and centred
+    logit cosine vs a reference; with ``ref_probs`` also the agreement on the images where the reference is
+    decisive (random or unlabelled data: near-ties flip under INT8 without meaning anything)."""
     pred = probs.argmax(axis=1)
     res: Dict[str, object] = {"images": int(len(pred)), "confidence_histogram": histogram(probs.max(axis=1))}
     if truth is not None:
@@ -53,22 +58,43 @@ def compare(outputs: np.ndarray, probs: np.ndarray, labels: Sequence[str], truth
         res["per_class"] = per_class(cm, labels)
     if ref_outputs is not None:
         res["agreement"] = agreement(probs, ref_outputs)
-        res["cosine_mean"] = float(cosine_rows(outputs, ref_outputs).mean())
-        res["cosine_min"] = float(cosine_rows(outputs, ref_outputs).min())
+        cos = cosine_rows(outputs, ref_outputs)
+        res["cosine_mean"], res["cosine_min"] = float(cos.mean()), float(cos.min())
+        res["cosine_centred_mean"] = float(cosine_rows(centred(outputs), centred(ref_outputs)).mean())
+    if ref_outputs is not None and ref_probs is not None and ref_probs.shape[1] > 1:
+        top2 = np.sort(ref_probs, axis=1)[:, -2:]
+        decisive = (top2[:, 1] - top2[:, 0]) >= DECISIVE_MARGIN
+        res["decisive_images"] = int(decisive.sum())
+        if decisive.any():
+            res["agreement_decisive"] = agreement(probs[decisive], ref_outputs[decisive])
     return res
 
 
-def gate(metrics: Dict[str, object], fp32: Dict[str, object], max_accuracy_drop: float,
-         min_agreement: float) -> Dict[str, object]:
-    """Pass/fail with reasons. Accuracy drop is in percentage points; labelled sets check both rules."""
+def centred(x: np.ndarray) -> np.ndarray:
+    """Each row minus its mean: logits are defined up to a constant, so this cosine ignores a common shift."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    return x - x.mean(axis=1, keepdims=True)
+
+
+def gate(metrics: Dict[str, object], fp32: Dict[str, object], max_accuracy_drop: float, min_agreement: float,
+         min_cosine: Optional[float] = None) -> Dict[str, object]:
+    """Pass/fail with reasons. Labelled sets: the top-1 drop (percentage points) and the agreement with FP32;
+    unlabelled ones: the agreement where FP32 is decisive (all images when that was not measured). With
+    ``min_cosine``, the mean logit cosine too: fidelity, whatever the labels say."""
     reasons = []
     drop = None
     if "top1" in metrics and "top1" in fp32:
         drop = 100.0 * (float(fp32["top1"]) - float(metrics["top1"]))  # type: ignore[arg-type]
         if drop > max_accuracy_drop:
             reasons.append("top-1 drops %.2f pt (limit %.2f)" % (drop, max_accuracy_drop))
-    agreement = metrics.get("agreement")
+    labelled = "top1" in metrics
+    decisive = not labelled and "decisive_images" in metrics
+    agreement = metrics.get("agreement_decisive") if decisive else metrics.get("agreement")
     if agreement is not None and float(agreement) < min_agreement:  # type: ignore[arg-type]
-        reasons.append("agreement with FP32 %.4f < %.4f" % (agreement, min_agreement))
+        reasons.append("agreement with FP32 %.4f < %.4f%s" % (agreement, min_agreement, (
+            " on the %d images where FP32 is decisive" % metrics["decisive_images"]) if decisive else ""))
+    cosine = metrics.get("cosine_mean")
+    if min_cosine is not None and cosine is not None and float(cosine) < min_cosine:  # type: ignore[arg-type]
+        reasons.append("logit cosine with FP32 %.4f < %.4f" % (cosine, min_cosine))
     return {"passed": not reasons, "accuracy_drop_pt": drop, "reasons": reasons,
-            "max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement}
+            "max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement, "min_cosine": min_cosine}

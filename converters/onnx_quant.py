@@ -10,9 +10,12 @@ import contextlib
 import logging
 import os
 import tempfile
-from typing import Dict, NamedTuple
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
-from ..errors import ConversionError, require_module
+import numpy as np
+
+from ..errors import ConversionError, MissingDependencyError, require_module
+from . import sensitivity
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,27 @@ def _import_quantization():
     return require_module("onnxruntime.quantization", "INT8 ONNX conversion", "convert", package="onnxruntime")
 
 
-def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method: str = DEFAULT_METHOD) -> str:
-    """Calibrate with ``reader`` (an onnxruntime CalibrationDataReader) and write the Q/DQ model to ``dst``."""
+class Tuning(NamedTuple):
+    """Keep layers in float until the logits on ``tensors`` reach ``min_cosine`` (converters/sensitivity.py)."""
+
+    input_name: str
+    tensors: np.ndarray
+    min_cosine: float = 0.99
+
+
+class Quantized(NamedTuple):
+    path: str
+    steps: Dict[str, str]  # what ran: pre_process, opset, quantize_static
+    float_nodes: List[str]  # the layers that stayed in float
+    cosine: Optional[float]  # logit cosine vs FP32 on the tuning images (None without tuning)
+
+
+def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method: str = DEFAULT_METHOD,
+                  tuning: Optional[Tuning] = None) -> Quantized:
+    """Calibrate with ``reader`` (an onnxruntime CalibrationDataReader that can ``rewind``) and write the Q/DQ model
+    to ``dst``. Every step runs or the conversion fails: a skipped pre-processing (ONNX Runtime 1.32 needs sympy
+    for it) once made the INT8 CPU profile 3x slower than FP32 with no error. With ``tuning``, the sensitive op
+    types and then the most sensitive layers stay in float until the fidelity target is met."""
     if profile not in PROFILES:
         raise ValueError("unknown profile %r; choose %s" % (profile, ", ".join(PROFILES)))
     if method not in CALIBRATION_METHODS:
@@ -55,29 +77,61 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
              "QuantizeBias": p.quantize_bias}
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
-    with tempfile.TemporaryDirectory(prefix="edgesight-quant-") as work:
+    steps = {}
+    with tempfile.TemporaryDirectory(prefix="edgesight-quant-") as work, OrtLogs() as logs:
         prepared = os.path.join(work, "prepared.onnx")
-        try:
-            # shape inference + ONNX Runtime's basic (standard-op) optimizations, as its docs recommend
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            quant_pre_process(src, prepared, skip_symbolic_shape=False)
-        except Exception as exc:  # pre-processing is an optimization; quantize the original if it fails
-            log.warning("quantization pre-processing skipped (%s)", exc)
-            prepared = src
+        pre_process(src, prepared)
+        steps["pre_process"] = "ran (symbolic shape inference, ONNX shape inference, basic optimizations)"
         prepared = _limit_opset(prepared, p.max_opset, work)
-        _silence_root_warnings()
-        try:
-            with contextlib.redirect_stdout(_LogWriter()):  # the entropy/percentile calibrators print progress
-                q.quantize_static(prepared, dst, reader, quant_format=q.QuantFormat.QDQ,
-                                  activation_type=qtype[p.activation], weight_type=qtype[p.weight],
-                                  per_channel=p.per_channel, calibrate_method=calib, extra_options=extra)
-        except Exception as exc:
-            raise ConversionError("onnxruntime quantize_static failed for the %s profile: %s: %s"
-                                  % (profile, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
-                                  file=src)
+        steps["opset"] = "<= %d" % p.max_opset
+
+        def quantize(exclude: Sequence[str]) -> None:
+            if hasattr(reader, "rewind"):
+                reader.rewind()
+            try:
+                with contextlib.redirect_stdout(_LogWriter()):  # the entropy/percentile calibrators print
+                    q.quantize_static(prepared, dst, reader, quant_format=q.QuantFormat.QDQ,
+                                      activation_type=qtype[p.activation], weight_type=qtype[p.weight],
+                                      per_channel=p.per_channel, calibrate_method=calib, extra_options=extra,
+                                      nodes_to_exclude=list(exclude))
+            except Exception as exc:
+                raise ConversionError("onnxruntime quantize_static failed for the %s profile: %s: %s"
+                                      % (profile, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
+                                      file=src)
+
+        if tuning is None:
+            import onnx
+
+            kept, cosine = sensitivity.default_float_nodes(onnx.load(prepared)), None
+            quantize(kept)
+        else:
+            tuned = sensitivity.tune(prepared, dst, quantize, tuning.input_name, tuning.tensors, tuning.min_cosine)
+            kept, cosine = tuned.excluded, tuned.cosine
+            steps["sensitivity"] = "%d round(s), logit cosine %s on %d images (target %.3f)" % (
+                tuned.rounds, " -> ".join("%.4f" % c for c in tuned.history), len(tuning.tensors), tuning.min_cosine)
+        logs.raise_if_degraded(src, profile)
+        steps["quantize_static"] = "%s, %s calibration, %d node(s) kept in float" % (profile, method, len(kept))
     strip_unused_opsets(dst)
-    return dst
+    return Quantized(dst, steps, kept, cosine)
+
+
+def pre_process(src: str, dst: str) -> None:
+    """ONNX Runtime's quantization pre-processing (symbolic and ONNX shape inference, basic optimizations that
+    fold biases and constants), as its docs require before quantize_static. A failure is a ConversionError."""
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:
+        raise MissingDependencyError("INT8 ONNX conversion", "convert", module="onnxruntime's quantization tools",
+                                     detail=str(exc))
+    try:
+        quant_pre_process(src, dst, skip_symbolic_shape=False)
+    except ImportError as exc:  # ONNX Runtime 1.32 moved sympy to an optional extra
+        raise MissingDependencyError("Quantization pre-processing (symbolic shape inference)", "convert",
+                                     module="sympy", detail=str(exc).splitlines()[0])
+    except Exception as exc:
+        raise ConversionError("ONNX Runtime's quantization pre-processing failed (%s: %s); without it biases are "
+                              "not folded and the INT8 model runs slower than FP32, so nothing was written"
+                              % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""), file=src)
 
 
 def _limit_opset(path: str, max_opset: int, work: str) -> str:
@@ -124,13 +178,41 @@ class _LogWriter(object):
         pass
 
 
-def _silence_root_warnings() -> None:
-    """onnxruntime.quantization logs 'consider pre-processing' through the root logger even after we did it."""
-    root = logging.getLogger()
-    if not any(isinstance(f, _DropPreprocessHint) for f in root.filters):
-        root.addFilter(_DropPreprocessHint())
+# warnings of onnxruntime.quantization that mean the INT8 model is worse than it should be
+DEGRADED = (("Expected bias", "a bias is not a constant: it stays float and its Conv/Gemm runs slower"),
+            ("pre-process", "the model was quantized without pre-processing"))
 
 
-class _DropPreprocessHint(logging.Filter):
+class OrtLogs(logging.Filter):
+    """While quantizing: onnxruntime.quantization's warnings (dozens per model, through the root logger) go to this
+    module's debug log, except those that mean a degraded output, which are kept and raised afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.degraded: List[str] = []
+
+    def __enter__(self) -> "OrtLogs":
+        logging.getLogger().addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger().removeFilter(self)
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing" not in record.getMessage()
+        if "onnxruntime" not in (record.pathname or "") or record.levelno >= logging.ERROR:
+            return True
+        text = record.getMessage()
+        if "consider pre-processing" in text or "Please consider to run pre-processing" in text:
+            log.debug("onnxruntime: %s", text)  # it says so even after pre-processing ran
+            return False
+        for needle, meaning in DEGRADED:
+            if needle in text:
+                self.degraded.append("%s (%s)" % (meaning, text[:200]))
+        log.debug("onnxruntime: %s", text)
+        return False
+
+    def raise_if_degraded(self, src: str, profile: str) -> None:
+        if self.degraded:
+            raise ConversionError("the %s profile came out degraded: %s%s" % (
+                profile, self.degraded[0], " (and %d more)" % (len(self.degraded) - 1) if len(self.degraded) > 1
+                else ""), file=src)

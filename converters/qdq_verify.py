@@ -8,6 +8,11 @@ We cannot run TensorRT here, so this check is how we know the device can build f
    output-channel axis) and come from an int8 initializer;
 4. biases stay float: no DequantizeLinear of an INT32 tensor feeds a bias input;
 5. at least one Q/DQ pair exists (an unquantized model is not an INT8 artifact).
+
+The ``fp16`` variant (profile ``tensorrt-qdq-fp16``, for TensorRT 10/11 strongly typed networks, where layers
+outside Q/DQ run in the graph's own precision) instead needs opset >= 19 (float16 Q/DQ scales), float16 scales,
+and every compute node on float16: float32 may only enter and leave through the Casts at the graph's input and
+output.
 """
 from typing import List, NamedTuple, Optional
 
@@ -15,6 +20,7 @@ from ..errors import ConversionError
 from .onnx_model import import_onnx
 
 MAX_OPSET = 17
+FP16_MIN_OPSET = 19
 _WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> index of its weight input
 _BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
 
@@ -28,7 +34,7 @@ class Violation(NamedTuple):
         return "[%s] %s: %s" % (self.rule, self.node or "(model)", self.detail)
 
 
-def check_tensorrt_qdq(path: str) -> List[Violation]:
+def check_tensorrt_qdq(path: str, fp16: bool = False) -> List[Violation]:
     """Every rule broken by the model at ``path`` (empty list: the model is TensorRT-safe)."""
     onnx = import_onnx()
     from onnx import numpy_helper
@@ -38,9 +44,12 @@ def check_tensorrt_qdq(path: str) -> List[Violation]:
     out: List[Violation] = []
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
-            if imp.version > MAX_OPSET:
+            if imp.version > MAX_OPSET and not fp16:
                 out.append(Violation("opset", "", "default-domain opset %d > %d (TensorRT 8.5/8.6 parse <= 17)"
                                      % (imp.version, MAX_OPSET)))
+            if imp.version < FP16_MIN_OPSET and fp16:
+                out.append(Violation("opset", "", "default-domain opset %d < %d: float16 Q/DQ scales need 19"
+                                     % (imp.version, FP16_MIN_OPSET)))
         else:
             out.append(Violation("domain", "", "imports domain %r; TensorRT parses the standard domain only"
                                  % imp.domain))
@@ -91,12 +100,38 @@ def check_tensorrt_qdq(path: str) -> List[Violation]:
             if scale is None or scale.ndim != 1 or scale.size <= 1:
                 out.append(Violation("per-channel", node.name, "weight %s is quantized per-tensor"
                                      % w.input[0]))
+    if fp16:
+        out += _fp16_violations(onnx, model, const)
     return out
 
 
-def verify_tensorrt_qdq(path: str) -> None:
+def _fp16_violations(onnx, model, const) -> List[Violation]:
+    """Q/DQ scales are float16 and no compute node takes a float32 tensor but the boundary Casts."""
+    from onnx import shape_inference
+
+    graph = shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input) +
+             list(graph.output)}
+    types.update({i.name: i.data_type for i in graph.initializer})
+    f32, out = onnx.TensorProto.FLOAT, []
+    inputs = {i.name for i in graph.input}
+    for n in graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            scale = const(n.input[1])
+            if scale is not None and scale.dtype.name != "float16":
+                out.append(Violation("fp16", n.name, "scale is %s, not float16" % scale.dtype.name))
+        elif n.op_type == "Cast":
+            continue  # the boundary casts (and any the conversion inserted) are where types change on purpose
+        elif n.op_type != "Constant":
+            bad = [i for i in n.input if i and types.get(i) == f32 and i not in inputs]
+            if bad:
+                out.append(Violation("fp16", n.name, "%s computes on float32 input %s" % (n.op_type, bad[0])))
+    return out
+
+
+def verify_tensorrt_qdq(path: str, fp16: bool = False) -> None:
     """Raise :class:`ConversionError` listing every broken rule."""
-    violations = check_tensorrt_qdq(path)
+    violations = check_tensorrt_qdq(path, fp16)
     if violations:
         shown = "; ".join(str(v) for v in violations[:8])
         more = " (and %d more)" % (len(violations) - 8) if len(violations) > 8 else ""

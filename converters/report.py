@@ -80,20 +80,22 @@ def bars_svg(series: Dict[str, List[Optional[float]]], labels: Sequence[str], ti
     return "".join(parts)
 
 
-def write_html(report: Dict[str, Any], path: str) -> str:
-    labels = report["labels"]
-    fp32 = report["fp32"]
-    arts = report["artifacts"]
+def _rows(report: Dict[str, Any]) -> str:
     rows = []
-    for a in [dict(fp32, name="fp32 (source)")] + arts:
+    for a in [dict(report["fp32"], name="fp32 (source)")] + report["artifacts"]:
         m = a.get("metrics", {})
         g = a.get("gate") or {}
-        rows.append("<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
-                    "</tr>" % (_esc(a.get("name", a.get("file"))), _esc(a.get("file", "")),
-                               _fmt_pct(m.get("top1")), _fmt_pct(m.get("agreement")), _fmt(m.get("cosine_mean")),
-                               _fmt(a.get("size_bytes", 0) / 1024.0, "%.1f KiB"), _fmt(a.get("latency_ms"), "%.3f ms"),
-                               _esc("-" if not g else ("passed" if g.get("passed") else
-                                                       "FAILED: " + "; ".join(g.get("reasons", []))))))
+        cells = (a.get("name", a.get("file")), a.get("file", ""), _fmt_pct(m.get("top1")),
+                 _fmt_pct(m.get("agreement")), _fmt(m.get("cosine_mean")), _fmt(m.get("cosine_centred_mean")),
+                 len(a.get("float_nodes", [])) if "float_nodes" in a else "-",
+                 _fmt(a.get("size_bytes", 0) / 1024.0, "%.1f KiB"), _fmt(a.get("latency_ms"), "%.3f ms"),
+                 "-" if not g else ("passed" if g.get("passed") else "FAILED: " + "; ".join(g.get("reasons", []))))
+        rows.append("<tr>%s</tr>" % "".join("<td>%s</td>" % _esc(c) for c in cells))
+    return "".join(rows)
+
+
+def _plots(report: Dict[str, Any]) -> str:
+    labels, fp32, arts = report["labels"], report["fp32"], report["artifacts"]
     plots = []
     confusions = [(fp32["metrics"], "FP32 (source)")] + [(a["metrics"], a["name"]) for a in arts if "metrics" in a]
     if "confusion" in fp32["metrics"]:
@@ -109,7 +111,23 @@ def write_html(report: Dict[str, Any], path: str) -> str:
         hist[name] = [c / total for c in m["confidence_histogram"]]
     plots.append("<h2>Top-1 confidence</h2>" + bars_svg(hist, edges, "Share of images per top-1 confidence bin",
                                                          "histogram"))
-    failures = "".join("<li>%s: %s</li>" % (_esc(f["target"]), _esc(f["error"])) for f in report.get("failed", []))
+    return "\n".join(plots)
+
+
+def _steps(report: Dict[str, Any]) -> str:
+    items = []
+    for a in report["artifacts"]:
+        steps = "; ".join("%s: %s" % kv for kv in (a.get("steps") or {}).items())
+        kept = a.get("float_nodes") or []
+        items.append("<li>%s: %s%s</li>" % (_esc(a["name"]), _esc(steps or "-"), _esc(
+            "; kept in float: %s" % ", ".join(kept[:20]) + (" ..." if len(kept) > 20 else "") if kept else "")))
+    return "<h2>Steps</h2><ul id=\"steps\">%s</ul>" % "".join(items) if items else ""
+
+
+def write_html(report: Dict[str, Any], path: str) -> str:
+    fp32 = report["fp32"]
+    failures = "".join("<li>%s (at %s): %s</li>" % (_esc(f["target"]), _esc(f.get("step", "convert")),
+                                                    _esc(f["error"])) for f in report.get("failed", []))
     doc = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>edgesight report: %(name)s</title>
 <style>body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;
@@ -117,20 +135,23 @@ padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}.
 .fail{color:#b00}</style></head><body>
 <h1>%(name)s %(version)s: INT8 validation</h1>
 <p>Validation set: %(images)d images (%(kind)s), %(val)s. Calibration: %(calib)d images, method %(method)s.
-Gate: accuracy drop &le; %(drop)s pt, agreement &ge; %(agree)s.</p>
-<table id="summary"><tr><th>artifact</th><th>file</th><th>top-1</th><th>agreement</th><th>cosine</th><th>size</th>
-<th>median latency</th><th>gate</th></tr>%(rows)s</table>
+Gate: accuracy drop &le; %(drop)s pt, agreement &ge; %(agree)s, logit cosine &ge; %(cosine)s.</p>
+<table id="summary"><tr><th>artifact</th><th>file</th><th>top-1</th><th>agreement</th><th>cosine</th>
+<th>centred cosine</th><th>layers in float</th><th>size</th><th>median latency</th><th>gate</th></tr>%(rows)s</table>
 %(failures)s
 %(plots)s
-<p><small>edgesight %(edgesight)s; report.json has every number shown here.</small></p>
+%(steps)s
+<p><small>edgesight %(edgesight)s (%(versions)s); report.json has every number shown here.</small></p>
 </body></html>
 """ % {"name": _esc(report["package"]["name"]), "version": _esc(report["package"]["version"]),
        "images": fp32["metrics"]["images"], "kind": "labelled" if "top1" in fp32["metrics"] else "unlabelled",
        "val": _esc(report["validation_set"]), "calib": report["calibration"]["images"],
        "method": _esc(report["calibration"]["method"]), "drop": _esc(report["gate"]["max_accuracy_drop"]),
-       "agree": _esc(report["gate"]["min_agreement"]), "rows": "".join(rows),
+       "agree": _esc(report["gate"]["min_agreement"]), "cosine": _esc(report["gate"].get("min_cosine", "-")),
+       "rows": _rows(report),
        "failures": ('<h2 class="fail">Targets that failed</h2><ul class="fail">%s</ul>' % failures) if failures
-       else "", "plots": "\n".join(plots), "edgesight": _esc(report["edgesight"])}
+       else "", "plots": _plots(report), "steps": _steps(report), "edgesight": _esc(report["edgesight"]),
+       "versions": _esc(", ".join("%s %s" % kv for kv in sorted((report.get("versions") or {}).items())))}
     return atomic_write(path, doc)
 
 

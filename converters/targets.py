@@ -9,15 +9,16 @@ from typing import Any, Callable, Dict, List, NamedTuple
 
 from ..calibration.dataset import LoadedSet, OrtCalibrationReader
 from ..calibration.preprocess import PreprocessSpec
-from ..runtimes.manifest import TENSORRT_QDQ
+from ..runtimes.manifest import TENSORRT_QDQ, TENSORRT_QDQ_FP16
 from . import onnx_quant, qdq_verify, tflite
 from .onnx_model import OnnxInterface
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("onnx-int8-trt", "onnx-int8-cpu", "tflite-int8", "tensorrt")
-FILES = {"onnx-int8-trt": "model.int8.onnx", "onnx-int8-cpu": "model.int8.cpu.onnx",
-         "tflite-int8": "model.int8.tflite", "tensorrt": "model.int8.engine"}
+TARGETS = ("onnx-int8-trt", "onnx-int8-trt-fp16", "onnx-int8-cpu", "tflite-int8", "tensorrt")
+DEFAULT = ("onnx-int8-trt", "onnx-int8-cpu", "tflite-int8", "tensorrt")  # the float16 profile is asked for
+FILES = {"onnx-int8-trt": "model.int8.onnx", "onnx-int8-trt-fp16": "model.int8.fp16.onnx",
+         "onnx-int8-cpu": "model.int8.cpu.onnx", "tflite-int8": "model.int8.tflite", "tensorrt": "model.int8.engine"}
 
 
 class Job(NamedTuple):
@@ -32,6 +33,7 @@ class Job(NamedTuple):
     tflite_io: str
     step: Callable[[str], None]  # progress line
     notes: List[str]  # what the report should say about a target that was not built
+    min_cosine: float = 0.99  # INT8 ONNX: layers stay in float until the logits reach this on calibration images
 
 
 def _entry(target: str, runtime: str, layout: str, **extra: Any) -> Dict[str, Any]:
@@ -44,21 +46,43 @@ def _reader(job: Job) -> OrtCalibrationReader:
     return OrtCalibrationReader(job.iface.input_name, job.calib.tensors)
 
 
+TUNING_IMAGES = 32
+
+
 def onnx_int8(job: Job, target: str) -> List[Dict[str, Any]]:
     profile = "tensorrt" if target == "onnx-int8-trt" else "cpu"
     job.step("%s: quantize_static QDQ, profile %s, %s calibration" % (target, profile, job.method))
     dst = os.path.join(job.out, FILES[target])
-    onnx_quant.quantize_onnx(job.source, dst, _reader(job), profile, job.method)
+    tuning = onnx_quant.Tuning(job.iface.input_name, job.calib.tensors[:TUNING_IMAGES], job.min_cosine)
+    q = onnx_quant.quantize_onnx(job.source, dst, _reader(job), profile, job.method, tuning=tuning)
     if profile == "tensorrt":
         qdq_verify.verify_tensorrt_qdq(dst)
-    return [_entry(target, "onnxruntime", job.spec.layout, profile=TENSORRT_QDQ if profile == "tensorrt" else "cpu")]
+        q.steps["verify"] = "TensorRT-safe Q/DQ rules hold"
+    return [_entry(target, "onnxruntime", job.spec.layout, profile=TENSORRT_QDQ if profile == "tensorrt" else "cpu",
+                   steps=q.steps, float_nodes=q.float_nodes)]
+
+
+def onnx_int8_fp16(job: Job, target: str, built: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The TensorRT Q/DQ model with float16 outside Q/DQ (TensorRT 10/11 strongly typed builds)."""
+    from .onnx_fp16 import to_fp16
+
+    out: List[Dict[str, Any]] = []
+    if not any(a["target"] == "onnx-int8-trt" for a in built):  # made from the verified float32 Q/DQ model
+        out += onnx_int8(job, "onnx-int8-trt")
+    job.step("%s: float16 outside Q/DQ (opset 19) from %s" % (target, FILES["onnx-int8-trt"]))
+    dst = os.path.join(job.out, FILES[target])
+    to_fp16(os.path.join(job.out, FILES["onnx-int8-trt"]), dst)
+    qdq_verify.verify_tensorrt_qdq(dst, fp16=True)
+    return out + [_entry(target, "onnxruntime", job.spec.layout, profile=TENSORRT_QDQ_FP16, steps={
+        "fp16": "opset 19, float16 compute and Q/DQ scales, float32 input/output", "verify":
+        "TensorRT-safe Q/DQ rules (float16 variant) hold"})]
 
 
 def tflite_int8(job: Job, target: str) -> List[Dict[str, Any]]:
     job.step("%s: onnx2tf full-integer per-channel (%s I/O)" % (target, job.tflite_io))
-    tflite.convert_int8(job.source, job.calib.tensors, job.spec, os.path.join(job.out, FILES[target]),
-                        io=job.tflite_io)
-    return [_entry(target, "tflite", "nhwc")]
+    done = tflite.convert_int8(job.source, job.calib.tensors, job.spec, os.path.join(job.out, FILES[target]),
+                               io=job.tflite_io)
+    return [_entry(target, "tflite", "nhwc", steps=done.steps)]
 
 
 def tensorrt_engine(job: Job, target: str, built: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -85,6 +109,8 @@ def build(job: Job, target: str, built: List[Dict[str, Any]]) -> List[Dict[str, 
     """The entries ``target`` produced (``built``: those of the targets before it)."""
     if target in ("onnx-int8-trt", "onnx-int8-cpu"):
         return onnx_int8(job, target)
+    if target == "onnx-int8-trt-fp16":
+        return onnx_int8_fp16(job, target, built)
     if target == "tflite-int8":
         return tflite_int8(job, target)
     if target == "tensorrt":

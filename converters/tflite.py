@@ -17,13 +17,14 @@ import re
 import shutil
 import subprocess
 import tempfile
-from typing import List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 
 from ..calibration.dataset import save_npy
 from ..calibration.preprocess import PreprocessSpec
 from ..errors import ConversionError
+from ..runtimes import tflite_file
 from . import toolchain
 from .onnx_model import import_onnx, read_interface
 
@@ -34,10 +35,15 @@ IO_TYPES = ("int8", "float")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+REPLACEABLE = ("Erf", "Gelu")  # ONNX ops onnx2tf would turn into Select-TF (Flex) ops; it has pseudo ops for them
+_PSEUDO = {"Erf": "Erf", "Gelu": "GeLU"}
+
+
 class TfliteResult(NamedTuple):
     path: str
     io: str
     seconds: float
+    steps: Dict[str, str]
 
 
 def convert_int8(onnx_path: str, calib: np.ndarray, spec: PreprocessSpec, dst: str, io: str = "float",
@@ -66,6 +72,9 @@ def convert_int8(onnx_path: str, calib: np.ndarray, spec: PreprocessSpec, dst: s
                "-iqd", "int8", "-oqd", "int8"]
         if spec.layout == "nhwc":
             cmd += ["-kt", iface.input_name]  # already NHWC: keep it
+        present = sorted(op for op in REPLACEABLE if _nodes_of_type(onnx_path, op))
+        if present:  # e.g. GELU's Erf in ConvNeXt and ViT: onnx2tf would emit FlexErf, which LiteRT cannot run
+            cmd += ["-rtpo"] + [_PSEUDO[op] for op in present]
         log.info("running onnx2tf (INT8, per-channel, %d calibration images)", len(calib))
         try:
             proc = subprocess.run(cmd, cwd=work, env=toolchain.tool_env("tflite"), stdout=subprocess.PIPE,
@@ -77,11 +86,35 @@ def convert_int8(onnx_path: str, calib: np.ndarray, spec: PreprocessSpec, dst: s
         produced = os.path.join(work, "out", "model" + suffix)
         if proc.returncode != 0 or not os.path.isfile(produced):
             raise ConversionError(explain_failure(output, onnx_path), file=onnx_path)
+        check_no_flex(produced, onnx_path)
         os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
         shutil.copyfile(produced, dst)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return TfliteResult(dst, io, time.perf_counter() - start)
+    steps = {"onnx2tf": "full-integer per-channel INT8, %s I/O%s" % (io, ", pseudo ops for %s" % ", ".join(present)
+                                                                    if present else ""),
+             "flex_check": "no Select-TF (Flex) ops"}
+    return TfliteResult(dst, io, time.perf_counter() - start, steps)
+
+
+def custom_ops(path: str) -> List[str]:
+    """The custom operator codes of a .tflite (Select-TF ops appear as ``Flex<TF op>``; LiteRT cannot run those
+    without the Flex delegate)."""
+    return tflite_file.check(path)
+
+
+def check_no_flex(tflite_path: str, onnx_path: str) -> None:
+    """Never ship a TFLite with Select-TF ops: name them and the ONNX nodes they came from."""
+    flex = sorted({c for c in custom_ops(tflite_path) if c.startswith("Flex")})
+    if not flex:
+        return
+    nodes = []
+    for op in flex:
+        nodes += ["%s (%s)" % (n, op[4:]) for n in _nodes_of_type(onnx_path, op[4:])[:3]]
+    raise ConversionError("onnx2tf produced Select-TF (Flex) op(s) %s, which LiteRT and tflite-runtime cannot run; "
+                          "they come from ONNX node(s) %s. Replace those ops in the model (or drop the "
+                          "tflite-int8 target); the other targets are still produced."
+                          % (", ".join(flex), ", ".join(nodes) or "of the same op types"), file=onnx_path)
 
 
 def explain_failure(output: str, onnx_path: str) -> str:

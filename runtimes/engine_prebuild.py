@@ -30,12 +30,14 @@ def prebuild(pkg: ModelPackage, max_batch: int = 8, workspace_mb: int = 1024, le
         built_for = _legacy(pkg, dst, legacy_calib, calib_count, calib_batch, max_batch, workspace_mb)
         layout = pkg.preprocess.layout
     else:
-        qdq = [a for a in pkg.manifest.artifacts if a.builds_tensorrt_engine]
-        if not qdq:
-            raise PackageError("the package has no TensorRT-safe Q/DQ ONNX (profile %s); convert it with "
-                               "`edgesight convert --targets onnx-int8-trt`" % TENSORRT_QDQ, file=pkg.manifest_path)
-        built_for = build_engine(pkg.path(qdq[0]), dst, sample_shape, max_batch=max_batch, workspace_mb=workspace_mb)
-        layout = qdq[0].layout or pkg.preprocess.layout
+        source = pkg.tensorrt_source()
+        if source is None:
+            raise PackageError("the package has no TensorRT-safe Q/DQ ONNX (profile %s or %s-fp16); convert it "
+                               "with `edgesight convert --targets onnx-int8-trt`" % (TENSORRT_QDQ, TENSORRT_QDQ),
+                               file=pkg.manifest_path)
+        qdq = source[1]
+        built_for = build_engine(pkg.path(qdq), dst, sample_shape, max_batch=max_batch, workspace_mb=workspace_mb)
+        layout = qdq.layout or pkg.preprocess.layout
     return Prebuilt(add_engine(pkg, dst, built_for, layout), dst, built_for)
 
 

@@ -20,6 +20,7 @@ SCHEMA = "edgesight.package/1"
 MANIFEST = "edgesight.yaml"
 PRECISIONS = ("fp32", "fp16", "int8")
 TENSORRT_QDQ = "tensorrt-qdq"  # the profile of the INT8 ONNX a device builds its TensorRT engine from
+TENSORRT_QDQ_FP16 = "tensorrt-qdq-fp16"  # the same with float16 outside Q/DQ: for TensorRT 10/11 (strongly typed)
 MAX_MANIFEST_BYTES = 4 << 20
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
@@ -94,7 +95,7 @@ class Artifact(_Strict):
     @property
     def builds_tensorrt_engine(self) -> bool:
         """The TensorRT rule: a device's TensorRT runs an engine it builds from this (TensorRT-safe Q/DQ) ONNX."""
-        return self.runtime == "onnxruntime" and self.profile == TENSORRT_QDQ
+        return self.runtime == "onnxruntime" and self.profile in (TENSORRT_QDQ, TENSORRT_QDQ_FP16)
 
     @property
     def passed_validation(self) -> bool:

@@ -10,14 +10,15 @@ checks the model's input and output against the preprocessing and the labels.
 import logging
 import os
 import platform
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ..calibration.preprocess import PreprocessSpec, chw
 from ..errors import MissingDependencyError, PackageError
 from ..files import cache_dir
 from .base import Runtime
-from .manifest import MANIFEST, SCHEMA, Artifact, FileRef, Manifest, read_manifest, sha256_file
-from .registry import create_runtime, installed_runtimes, is_installed
+from .manifest import (MANIFEST, SCHEMA, TENSORRT_QDQ_FP16, Artifact, FileRef, Manifest, read_manifest,
+                       sha256_file)
+from .registry import create_runtime, installed_runtimes, is_installed, tensorrt_major
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class ModelPackage(object):
             if runtime == "auto" and not is_installed(rt):
                 continue
             if rt == "tensorrt":
-                cands = [(i, a) for i, a in usable if a.builds_tensorrt_engine]
+                cands = self._tensorrt_sources(usable)
             else:
                 cands = sorted(((i, a) for i, a in usable if a.runtime == rt),
                                key=lambda ia: (2 if ia[1].builds_tensorrt_engine else
@@ -141,6 +142,19 @@ class ModelPackage(object):
                            "validation (it has: %s; the installed runtimes decide 'auto')" % (machine, runtime, ", ".join(
                                sorted({a.runtime for a in self.manifest.artifacts}))), file=self.manifest_path,
                            field="artifacts")
+
+    def _tensorrt_sources(self, usable: List[Tuple[int, Artifact]]) -> List[Tuple[int, Artifact]]:
+        """The Q/DQ ONNX files TensorRT can build from, the one this TensorRT wants first: from TensorRT 10 on
+        (strongly typed builds) the float16 profile, before it the float32 one (TensorRT picks FP16 itself)."""
+        fp16_first = (tensorrt_major() or 0) >= 10
+        cands = [(i, a) for i, a in usable if a.builds_tensorrt_engine]
+        return sorted(cands, key=lambda ia: ((ia[1].profile == TENSORRT_QDQ_FP16) != fp16_first, ia[0]))
+
+    def tensorrt_source(self) -> Optional[Tuple[int, Artifact]]:
+        """The artifact ``engine build`` and the agent build this device's engine from, or None."""
+        cands = self._tensorrt_sources([(i, a) for i, a in enumerate(self.manifest.artifacts)
+                                        if a.passed_validation])
+        return cands[0] if cands else None
 
     # -- opening a runtime -----------------------------------------------------------------------------------
     def open_runtime(self, runtime: Optional[str] = None, config: Optional[Any] = None,

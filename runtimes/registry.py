@@ -57,3 +57,21 @@ def create_runtime(name: str, model_path: str, input_layout: str = "nchw", layou
     if isinstance(config, dict):
         config = cfg_cls(**config)
     return runtime_class(name)(model_path, input_layout=input_layout, layout=layout, config=config)
+
+
+def tensorrt_major() -> Optional[int]:
+    """The installed TensorRT's major version (from its metadata, else its module), or None."""
+    if not is_installed("tensorrt"):
+        return None
+    try:
+        from importlib.metadata import version
+
+        return int(version("tensorrt").split(".")[0])
+    except Exception:  # JetPack's system tensorrt may have no metadata: ask the module
+        pass
+    try:
+        import tensorrt
+
+        return int(str(tensorrt.__version__).split(".")[0])
+    except Exception:  # a broken install: TensorRT is treated as absent for the choice of profile
+        return None

@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InferenceError, MissingDependencyError, ModelFileError, RuntimeStateError
+from . import tflite_file
 from .base import QuantParams, Runtime, TensorSpec, dequantize, quantize
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,9 @@ def import_interpreter():
 
 
 def check_flatbuffer(path: str) -> None:
-    """A .tflite file is a flatbuffer with file identifier ``TFL3`` at bytes 4..8."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if len(head) < 8 or head[4:8] != b"TFL3":
-        raise ModelFileError("not a TFLite model (no 'TFL3' flatbuffer identifier). Convert the model with "
-                             "`edgesight convert` or check that the file was copied completely.", file=path)
+    """A .tflite file is a well-formed flatbuffer with identifier ``TFL3`` (runtimes/tflite_file.py): tflite-runtime
+    2.14 reads a truncated file past its end and the process dies of SIGSEGV."""
+    tflite_file.check(path)
 
 
 class TfliteRunner(Runtime):

@@ -27,7 +27,7 @@ def rules(path):
 def test_tensorrt_profile_passes(calib, tmp_path):
     pkg, data = calib
     out = quantize_onnx(pkg.path(pkg.manifest.source), str(tmp_path / "trt.onnx"),
-                        OrtCalibrationReader("image", data.tensors), "tensorrt")
+                        OrtCalibrationReader("image", data.tensors), "tensorrt").path
     assert check_tensorrt_qdq(out) == []
     verify_tensorrt_qdq(out)  # does not raise
     import onnx
@@ -39,7 +39,7 @@ def test_tensorrt_profile_passes(calib, tmp_path):
 def test_cpu_profile_is_rejected_as_asymmetric_with_int32_bias(calib, tmp_path):
     pkg, data = calib
     out = quantize_onnx(pkg.path(pkg.manifest.source), str(tmp_path / "cpu.onnx"),
-                        OrtCalibrationReader("image", data.tensors), "cpu")
+                        OrtCalibrationReader("image", data.tensors), "cpu").path
     assert {"int8", "float-bias"} <= rules(out)  # uint8 activations, INT32 bias DequantizeLinear
     with pytest.raises(ConversionError, match="not TensorRT-safe"):
         verify_tensorrt_qdq(out)
@@ -60,7 +60,7 @@ def test_per_tensor_weights_are_rejected(calib, tmp_path, monkeypatch):
                         onnx_quant.PROFILES["tensorrt"]._replace(per_channel=False))
     pkg, data = calib
     out = quantize_onnx(pkg.path(pkg.manifest.source), str(tmp_path / "pt.onnx"),
-                        OrtCalibrationReader("image", data.tensors), "tensorrt")
+                        OrtCalibrationReader("image", data.tensors), "tensorrt").path
     assert rules(out) == {"per-channel"}
 
 
@@ -79,5 +79,5 @@ def test_opset_domain_and_unquantized_rules(tmp_path):
 def test_opset_above_17_is_brought_down_for_tensorrt(tmp_path):
     src = tiny_cnn(tmp_path / "m18.onnx", opset=18)
     data = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
-    out = quantize_onnx(src, str(tmp_path / "q.onnx"), OrtCalibrationReader("x", data), "tensorrt")
+    out = quantize_onnx(src, str(tmp_path / "q.onnx"), OrtCalibrationReader("x", data), "tensorrt").path
     assert check_tensorrt_qdq(out) == []

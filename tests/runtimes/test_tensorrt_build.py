@@ -80,6 +80,6 @@ def test_real_engine_build_from_example(tmp_path):
     pkg = load_package(EXAMPLE_PACKAGE)
     data = ImageFolder(os.path.join(os.path.dirname(EXAMPLE_PACKAGE), "images", "calib")).load(pkg.preprocess, 50)
     qdq = quantize_onnx(pkg.path(pkg.manifest.source), str(tmp_path / "q.onnx"),
-                        OrtCalibrationReader("image", data.tensors), "tensorrt")
+                        OrtCalibrationReader("image", data.tensors), "tensorrt").path
     built = tensorrt_engine.build_engine(qdq, str(tmp_path / "m.engine"), (3, 32, 32))
     assert os.path.getsize(str(tmp_path / "m.engine")) > 0 and built["compute"] != "unknown"

@@ -202,6 +202,7 @@ def test_no_calibrator_on_tensorrt_11(monkeypatch, tmp_path):
 
 
 # -- the converter never builds from a Q/DQ ONNX the verifier rejected --------------------------------------------
+@pytest.mark.host
 def test_no_engine_build_after_verifier_rejection(monkeypatch, tmp_path):
     from edgesight.converters import onnx_quant
     from edgesight.converters.convert import ConvertOptions, convert
@@ -231,7 +232,7 @@ def test_real_tensorrt_runs_the_example_package(tmp_path):
     pkg = load_package(EXAMPLE_PACKAGE)
     data = ImageFolder(os.path.join(EXAMPLE, "images", "calib")).load(pkg.preprocess, 100)
     qdq = quantize_onnx(pkg.path(pkg.manifest.source), str(tmp_path / "q.onnx"),
-                        OrtCalibrationReader("image", data.tensors), "tensorrt")
+                        OrtCalibrationReader("image", data.tensors), "tensorrt").path
     build_engine(qdq, str(tmp_path / "m.engine"), (3, 32, 32))
     with create_runtime("tensorrt", str(tmp_path / "m.engine")) as trt_rt, pkg.open_runtime("onnxruntime") as ort:
         a = next(iter(trt_rt.infer(data.tensors).values())).argmax(1)
@@ -239,6 +240,7 @@ def test_real_tensorrt_runs_the_example_package(tmp_path):
     assert (a == b).mean() >= 0.98
 
 
+@pytest.mark.host
 def test_engine_build_command_adds_the_engine_to_the_package(monkeypatch, tmp_path):
     from edgesight.cli import main
     from edgesight.converters.convert import ConvertOptions, convert
