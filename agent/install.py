@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 
 from ..errors import ConfigError, EdgesightError
 from ..files import atomic_write
+from . import environment
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,15 @@ def install(root: str = "/", user: str = "edgesight", executable: Optional[str] 
     staged = root != "/"
     if not staged and os.geteuid() != 0:
         raise ConfigError("installing the service needs root (or use --root DIR to stage the files)")
-    executable = executable or os.path.join(os.path.dirname(sys.executable), "edgesight")
     report: List[str] = []
+    if executable is None:  # the unit will run this Python's edgesight: make sure that is one a device should run
+        env = environment.probe()
+        why = environment.problem(env)
+        if why:
+            raise ConfigError(why)
+        if env.in_venv:
+            report.append("note      the unit runs this venv's edgesight (%s)" % sys.prefix)
+        executable = os.path.join(os.path.dirname(sys.executable), "edgesight")
     if not staged:
         try:
             pwd.getpwnam(user)

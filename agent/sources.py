@@ -49,6 +49,7 @@ def pi_libcamera_pipeline(width: int = 1280, height: int = 720, fps: float = 30.
 
 class Source(object):
     kind = "base"
+    replay = False  # a recording (folder, video file): every frame is processed, fps is the most it runs at
 
     def open(self) -> None:
         raise NotImplementedError
@@ -64,6 +65,7 @@ class FolderSource(Source):
     """Replays an image folder (sorted; sub-folders too). What the tests and the demo use."""
 
     kind = "folder"
+    replay = True
 
     def __init__(self, path: str, loop: bool = True) -> None:
         self.path, self.loop = path, loop
@@ -106,6 +108,7 @@ class OpenCVSource(Source):
     def __init__(self, target: Any, kind: str, api: Optional[str] = None, loop: bool = False,
                  width: Optional[int] = None, height: Optional[int] = None) -> None:
         self.target, self.kind, self.api, self.loop = target, kind, api, loop
+        self.replay = kind == "video"
         self.width, self.height = width, height
         self._cap = None
         self._seq = 0
@@ -170,7 +173,8 @@ def make_source(cfg: SourceConfig) -> Source:
 
 
 class Capture(SlotWorker):
-    """One camera's capture thread with a latest-frame slot; ``take`` gives the latest Frame not yet taken."""
+    """One camera's capture thread with a latest-frame slot; ``take`` gives the latest Frame not yet taken. A live
+    camera replaces a frame the pipeline has not taken (dropped, counted); a replay (``Source.replay``) waits."""
 
     def __init__(self, name: str, source: Source, fps: float, reconnect_min: float = 0.5,
                  reconnect_max: float = 30.0) -> None:
@@ -200,8 +204,11 @@ class Capture(SlotWorker):
 
     def _put(self, frame: Frame) -> None:
         with self._cond:
+            if self.source.replay:  # a recording waits for the pipeline instead of replacing the frame it holds
+                while self._slot is not None and not self._stop.is_set():
+                    self._cond.wait(0.5)
             if self._slot is not None:
-                self.dropped += 1  # stale: never processed
+                self.dropped += 1  # a live camera's stale frame: never processed
             self._slot = frame
             self.captured += 1
             self._cond.notify_all()

@@ -16,6 +16,15 @@ BROKER_MODULES = {"test_agent_mqtt", "test_sampling_mqtt", "test_agent_security"
                   "test_agent_to_collector", "test_poison"}
 
 
+@pytest.fixture(autouse=True)
+def _reap_collectors():
+    """The finally for every test that starts `edgesight collect`: a failing test leaves no process running."""
+    yield
+    fleet = sys.modules.get("support.fleet")  # only tests that imported it can have started one
+    if fleet is not None:
+        fleet.reap()
+
+
 def pytest_collection_modifyitems(config, items):
     skip = None if tensorrt_importable() else pytest.mark.skip(
         reason="needs TensorRT hardware: the tensorrt module is not importable here")

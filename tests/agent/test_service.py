@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from edgesight.errors import ConfigError
 from support import ROOT, require_or_skip, run_cli
 from support.mqtt import Broker, agent_config, mosquitto_binary
 
@@ -158,3 +159,33 @@ def test_doctor_reports_missing_runtimes_without_crashing(tmp_path):
     assert "pip install 'edgesight[onnx]'" in checks["runtime onnxruntime"]["detail"]
     assert checks["runtimes"]["status"] == "fail" and "no runtime" in checks["runtimes"]["detail"]
     assert code == report["failures"] >= 3
+
+
+@pytest.mark.parametrize("env,expected", [
+    # (in_venv, externally_managed, system_tensorrt, sees_system_packages)
+    ((False, True, False, True), "externally managed"),            # Pi OS trixie / Ubuntu 24.04 system Python
+    ((False, True, True, True), "--system-site-packages"),         # JetPack 7 system Python: the venv must see TRT
+    ((True, True, True, False), "cannot see it"),                  # a Jetson venv made without system packages
+    ((True, True, True, True), None),                              # the guide's Jetson venv
+    ((True, True, False, False), None),                            # the guide's Pi venv
+    ((False, False, False, True), None),                           # JetPack 5's Python 3.8: not externally managed
+])
+def test_service_install_refuses_a_python_a_device_should_not_run(env, expected):
+    from edgesight.agent import environment
+
+    why = environment.problem(environment.PythonEnvironment(*env))
+    assert (why is None) if expected is None else (expected in why and environment.VENV in why)
+
+
+def test_service_install_stops_before_writing_anything_on_an_externally_managed_python(monkeypatch, tmp_path):
+    from edgesight.agent import environment, install
+
+    monkeypatch.setattr(environment, "probe", lambda: environment.PythonEnvironment(False, True, False, True))
+    with pytest.raises(ConfigError, match="PEP 668"):
+        install.install(root=str(tmp_path / "root"))
+    assert not (tmp_path / "root").exists()
+    monkeypatch.setattr(environment, "probe", lambda: environment.PythonEnvironment(True, True, False, False))
+    report = install.install(root=str(tmp_path / "root"))
+    assert any("the unit runs this venv's edgesight" in line for line in report)
+    unit = (tmp_path / "root/etc/systemd/system/edgesight-agent.service").read_text()
+    assert "ExecStart=%s agent" % os.path.join(os.path.dirname(sys.executable), "edgesight") in unit

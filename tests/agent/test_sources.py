@@ -194,3 +194,27 @@ def test_ready_made_camera_pipelines():
     assert csi.endswith("appsink drop=true max-buffers=1 sync=false")  # never queue stale frames
     pi = pi_libcamera_pipeline(640, 480, 15)
     assert pi.startswith("libcamerasrc ") and "format=BGR" in pi and "framerate=15/1" in pi
+
+
+def test_a_replay_waits_for_a_slow_pipeline_instead_of_dropping_frames(tmp_path):
+    """A folder (or video file) is a recording: on a slow device (or under emulation) every frame is still processed,
+    in order; only live cameras drop stale frames."""
+    import time
+
+    from PIL import Image
+
+    from edgesight.agent.sources import Capture, FolderSource
+
+    for i in range(8):
+        Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(str(tmp_path / ("f%02d.png" % i)))
+    cap = Capture("rec", FolderSource(str(tmp_path), loop=False), fps=500).start()
+    seqs = []
+    try:
+        for _ in range(8):
+            time.sleep(0.05)  # a pipeline 25x slower than the source
+            frame = cap.take(timeout=5)
+            assert frame is not None
+            seqs.append(frame.seq)
+    finally:
+        cap.stop()
+    assert seqs == list(range(1, 9)) and cap.dropped == 0 and cap.captured == 8

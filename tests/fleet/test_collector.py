@@ -143,3 +143,12 @@ def test_manifest_lines_that_are_not_records_are_skipped_by_collect_and_export(t
 def test_export_refuses_a_folder_that_is_not_a_collected_dataset(tmp_path):
     r = run_cli("collect", "export", str(tmp_path), "--format", "folder", "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "manifest.jsonl" in r.stderr
+
+
+def test_a_collector_left_running_by_a_failing_test_is_reaped(broker, tmp_path):
+    from support import fleet
+
+    proc = start_collector(tmp_path / "ds", broker.port, "--client-id", "c-left")
+    assert wait_for(lambda: (tmp_path / "ds").exists(), 30) or proc.poll() is None
+    fleet.reap()  # what the autouse fixture in conftest does after every test
+    assert proc.poll() is not None and proc not in fleet.RUNNING

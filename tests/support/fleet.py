@@ -88,10 +88,27 @@ def bomb_header() -> bytes:
     return bytes(data)
 
 
+RUNNING = []  # every collector a test started; reap() (an autouse fixture in conftest) stops what a failure left
+
+
 def start_collector(dataset, port, *extra):
-    return subprocess.Popen([sys.executable, "-m", "edgesight", "collect", str(dataset), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "edgesight", "collect", str(dataset), "--port", str(port),
                              "--host", "127.0.0.1", "--progress-interval", "0.5", "--json"] + list(extra),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    RUNNING.append(proc)
+    return proc
+
+
+def reap():
+    """Kill every collector still running: a test that fails between start and stop must not leave one behind."""
+    while RUNNING:
+        proc = RUNNING.pop()
+        if proc.poll() is None:
+            proc.kill()
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def stop_collector(proc, timeout=30):
