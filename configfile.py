@@ -119,8 +119,8 @@ def decode_text(data: bytes, path: str, what: str, error: Type[EdgesightError] =
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
-        raise error("is not UTF-8 text (byte 0x%02x at line %d): is it really a %s? Save it as UTF-8."
-                    % (data[exc.start], line, what), file=path, field=field)
+        raise error("is not UTF-8 text (byte 0x%02x at line %d): is it really %s %s? Save it as UTF-8."
+                    % (data[exc.start], line, "an" if what[:1] in "aeiou" else "a", what), file=path, field=field)
     if "\x00" in text:
         line = text[:text.index("\x00")].count("\n") + 1
         raise error("holds a NUL byte at line %d: binary data, not a %s" % (line, what), file=path, field=field)

@@ -125,7 +125,9 @@ def validation_problems(errors: Sequence[Dict[str, Any]], line_of: Optional[Call
         what = {"missing": "missing (required)",
                 "extra_forbidden": "unknown field (not allowed; check the spelling)"}.get(e["type"], e["msg"])
         line = line_of(loc) if line_of else None
-        msgs.append("%s%s: %s" % (field_path(loc) or "(top level)", " (line %d)" % line if line else "", what))
+        msg = "%s%s: %s" % (field_path(loc) or "(top level)", " (line %d)" % line if line else "", what)
+        if msg not in msgs:  # a union of config classes reports one bad field once per member
+            msgs.append(msg)
     more = " (and %d more)" % (len(errors) - limit) if len(errors) > limit else ""
     return "; ".join(msgs) + more, (field_path(errors[0]["loc"]) or None) if errors else None
 
