@@ -4,14 +4,17 @@ No I/O, no clocks read here: every function takes the time it needs, so each is 
 """
 from typing import Dict, Mapping, Optional, Tuple
 
+from ..runtimes import postprocess
+
 
 def threshold_for(label: str, default: float, per_class: Mapping[str, float]) -> float:
     return float(per_class.get(label, default))
 
 
 def is_accepted(score: float, threshold: float) -> bool:
-    """A result at or above its class threshold is accepted; below it is uncertain (published, never dropped)."""
-    return score >= threshold
+    """A result at or above its class threshold is accepted; below it is uncertain (published, never dropped).
+    A threshold of 1.0 accepts nothing: it is what a fitted class that could not meet its goal gets."""
+    return bool(postprocess.accepted(score, threshold))
 
 
 class StateTracker(object):

@@ -54,6 +54,10 @@ def render(snap: Dict[str, Any]) -> str:
            [({"reason": k}, v) for k, v in sorted(samples["by_reason"].items())])
     metric("samples_skipped_total", "counter", "Frames a strategy wanted but did not send: quota, cap, min_gap, "
            "duplicate, too_large, outbox_full.", [({"why": k}, v) for k, v in sorted(samples["skipped_by"].items())])
+    metric("uncertain_share", "gauge", "Share of each top-1 class's results that were uncertain, since start.",
+           [({"label": k}, v) for k, v in sorted(snap.get("uncertain_share", {}).items())])
+    metric("calibrated", "gauge", "1 when the running model's scores are calibrated.",
+           [({}, 1 if snap.get("calibrated") else 0)])
     metric("mqtt_connected", "gauge", "1 while connected to the broker.", [({}, 1 if snap["mqtt_connected"] else 0)])
     metric("rss_bytes", "gauge", "Resident memory of the agent.", [({}, snap.get("rss_bytes"))])
     metric("uptime_seconds", "gauge", "Seconds since the agent started.", [({}, snap["uptime_s"])])

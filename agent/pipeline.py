@@ -32,6 +32,8 @@ class ModelView(NamedTuple):
     labels: List[str]
     output: str  # logits | probabilities
     info: Dict[str, Any]  # the ``model`` object of every result: name, version, sha256 prefix, artifact, runtime
+    temperature: float = 1.0  # the artifact's fitted calibration: scores are softmax(logits / temperature)
+    calibrated: bool = False  # a temperature (and thresholds) fitted for this artifact are in force
 
 
 class Settings(NamedTuple):
@@ -86,7 +88,7 @@ class FramePipeline(object):
         t0 = time.perf_counter()
         out = next(iter(self.rt.infer(item.tensor).values()))[0]
         inference_ms = 1000.0 * (time.perf_counter() - t0)
-        probs = to_probabilities(out, self.model.output)
+        probs = to_probabilities(out, self.model.output, self.model.temperature)
         preds = top_k(probs, self.model.labels, s.top_k)
         best = preds[0]
         threshold = decisions.threshold_for(best.label, s.default_threshold, s.per_class)
@@ -98,7 +100,7 @@ class FramePipeline(object):
         if self.gates[camera].should_publish(best.label, accepted, now):
             result = payloads.result(s.device_id, camera, self.model.info, best.label, best.score, accepted,
                                      threshold, topk, frame.captured, inference_ms, 1000.0 * (now - frame.captured),
-                                     frame.seq)
+                                     frame.seq, self.model.calibrated)
             if self.outbox.put("result", self.topic(camera, topics.RESULT), payloads.encode(result), qos=1,
                                captured=frame.captured) is not None:
                 self.results_committed += 1

@@ -70,19 +70,23 @@ class Agent(object):
             extend_timeout=self.notifier.extend_timeout)
         self.spec = self.pkg.preprocess_for(self.rt)
         m, art = self.pkg.manifest, self.choice.artifact
+        cal = art.calibration
         self.model = ModelView(list(m.labels), m.output, {
             "name": m.name, "version": m.version, "sha256": art.sha256[:12], "artifact": art.file,
-            "runtime": self.choice.runtime})
-        log.info("model %s %s: %s on %s, frames preprocessed to %s", m.name, m.version, art.file,
-                 self.choice.runtime, self.spec.layout)
+            "runtime": self.choice.runtime}, cal.temperature if cal else 1.0, cal is not None)
+        log.info("model %s %s: %s on %s, frames preprocessed to %s, %s", m.name, m.version, art.file,
+                 self.choice.runtime, self.spec.layout, "calibrated (temperature %.3f%s)" % (
+                     cal.temperature, ", fitted thresholds" if cal.thresholds else "") if cal else "not calibrated")
 
     def settings(self) -> Settings:
         cfg, m = self.cfg, self.pkg.manifest  # type: ignore[union-attr]
         t = cfg.thresholds
+        # the artifact's fitted thresholds (else the package's); agent.yaml's per_class on top, its default for
+        # the classes neither names
+        default, per_class = m.thresholds_for(self.choice.artifact.calibration)  # type: ignore[union-attr]
         return Settings(cfg.device_id, cfg.mqtt.topic_prefix, cfg.mqtt.top_k,
-                        t.default if t.default is not None else m.thresholds.default,
-                        dict(m.thresholds.per_class, **t.per_class), t.hysteresis, cfg.mqtt.publish_mode,
-                        cfg.mqtt.min_interval)
+                        t.default if t.default is not None else default, dict(per_class, **t.per_class),
+                        t.hysteresis, cfg.mqtt.publish_mode, cfg.mqtt.min_interval)
 
     # -- running ---------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event, max_frames: Optional[int] = None, duration: Optional[float] = None) -> int:
@@ -106,7 +110,8 @@ class Agent(object):
         caps = [Capture(c.name, make_source(c.source), c.source.fps, c.source.reconnect_min,
                         c.source.reconnect_max) for c in cfg.cameras]
         policy = PolicyManager(cfg.samples, cfg.device_id, cfg.mqtt.topic_prefix, outbox)
-        telemetry = Telemetry(cfg.device_id, cfg.mqtt.topic_prefix, caps, outbox, publisher, link, policy)
+        telemetry = Telemetry(cfg.device_id, cfg.mqtt.topic_prefix, caps, outbox, publisher, link, policy,
+                              self.model.calibrated)
         pipeline = FramePipeline(self.rt, self.model, self.settings(), cfg.cameras, outbox, policy, telemetry)
         link.subscriptions[policy.topic] = 1
         policy.report("applied")

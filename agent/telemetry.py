@@ -32,7 +32,7 @@ class Telemetry(object):
     same attributes will do in tests)."""
 
     def __init__(self, device_id: str, prefix: str, captures: List[Any], outbox: Any, publisher: Any, link: Any,
-                 policy: Any) -> None:
+                 policy: Any, calibrated: bool = False) -> None:
         self.device_id, self.prefix = device_id, prefix
         self.captures, self.outbox, self.publisher, self.link, self.policy = captures, outbox, publisher, link, policy
         self.started = time.time()
@@ -40,6 +40,9 @@ class Telemetry(object):
         self.inference_ms: Deque[float] = deque(maxlen=2000)
         self.counts: Dict[str, int] = {}  # per label since the last report (_uncertain for uncertain frames)
         self.classes: Dict[str, Dict[str, Any]] = {}  # drift: per-class count + confidence histogram per report
+        self.calibrated = calibrated
+        self.seen: Dict[str, int] = {}  # per top-1 label since start (labels come from the package: bounded)
+        self.uncertain: Dict[str, int] = {}  # of those, uncertain
         self._last_frames = 0
         self._last_fps = 0.0
         self._period_start = time.monotonic()
@@ -48,6 +51,9 @@ class Telemetry(object):
         self.inference_ms.append(inference_ms)
         self.processed += 1
         decisions.counts_add(self.counts, label if accepted else "_uncertain")
+        decisions.counts_add(self.seen, label)
+        if not accepted:
+            decisions.counts_add(self.uncertain, label)
         sampling.drift_add(self.classes, label, score)
 
     def snapshot(self) -> Dict[str, Any]:
@@ -63,6 +69,8 @@ class Telemetry(object):
                 "samples": {"sent": sum(sampler.taken.values()), "skipped": sum(sampler.skipped.values()),
                             "by_reason": dict(sampler.taken), "skipped_by": dict(sampler.skipped),
                             "policy": self.policy.source},
+                "uncertain_share": {k: round(self.uncertain.get(k, 0) / float(n), 6) for k, n in self.seen.items()},
+                "calibrated": self.calibrated,
                 "mqtt_connected": self.link.connected.is_set(), "rss_bytes": rss_bytes(),
                 "uptime_s": round(time.time() - self.started, 1)}
 

@@ -13,12 +13,12 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from ..errors import EdgesightError
-from . import agent, collect, convert, engine, package, toolchain
+from . import agent, calibrate, collect, convert, engine, package, toolchain
 
 log = logging.getLogger("edgesight")
 
 EXIT_OK, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 130
-GROUPS = (package, convert, engine, agent, collect, toolchain)
+GROUPS = (package, convert, calibrate, engine, agent, collect, toolchain)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ import os
 import sys
 from typing import Any, Dict
 
+from .calibrate import add_goal_flags, goal_of, print_confidence
 from .common import human, non_negative, out, positive, probability
 
 
@@ -12,7 +13,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("convert", help="FP32 ONNX + calibration images -> validated INT8 model package")
     p.add_argument("model", help="FP32 ONNX image classifier (one 4-D image input)")
     p.add_argument("--calib", required=True, help="calibration images: flat folder or one sub-folder per class")
-    p.add_argument("--val", help="validation images; sub-folders named after labels give accuracy")
+    p.add_argument("--val", help="validation images; sub-folders named after labels give accuracy, and each "
+                   "artifact's temperature (and thresholds, with a target) is fitted on them")
     p.add_argument("--labels", help="text file, one class per line in output order (default: --val sub-folders)")
     p.add_argument("--preprocess", help="YAML preprocessing spec; the flags below override its fields")
     p.add_argument("--size", type=positive, nargs=2, metavar=("H", "W"))
@@ -41,6 +43,7 @@ def register(sub: Any) -> None:
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--threshold", type=probability, default=0.8)
     p.add_argument("--output", choices=("logits", "probabilities"), default="logits")
+    add_goal_flags(p)
     p.add_argument("--force", action="store_true", help="replace an existing package")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         targets=targets, max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement,
         min_cosine=args.min_cosine,
         calib_count=args.calib_count, seed=args.seed, method=args.method, tflite_io=args.tflite_io, name=args.name,
-        version=args.version, threshold=args.threshold, output=args.output, force=args.force)
+        version=args.version, threshold=args.threshold, output=args.output, force=args.force, test=args.test,
+        goal=goal_of(args))
     result = convert(opts, Progress(enabled=not args.quiet))
     if args.json:
         out(json.dumps(dict(result.report, exit_code=result.exit_code, package_dir=os.path.abspath(opts.out)),
@@ -102,6 +106,7 @@ def print_report(rep: Dict[str, Any], package_dir: str) -> None:
                 a["float_nodes"][:6]) + (", ..." if len(a["float_nodes"]) > 6 else "")))
     for f in rep["failed"]:
         out("%-18s FAILED at %s: %s" % (f["target"], f.get("step", "convert"), f["error"]))
+    print_confidence(rep.get("confidence"))
     for note in rep["notes"]:
         out(note)
     if rep["calibration"]["skipped"]:

@@ -92,6 +92,12 @@ def _print_info(pkg: Any, info: Dict[str, Any], checks: List[Dict[str, Any]], ve
             out("               out %s" % "; ".join(chk["outputs"]))
         else:
             out("               (%s: %s)" % (chk["status"], chk["reason"]))
+        cal = art.calibration
+        if cal is not None:
+            fitted = cal.thresholds
+            out("               calibrated: temperature %.4f%s" % (cal.temperature, "; thresholds fitted (%s)%s" % (
+                cal.goal or "-", "; never accepted: " + ", ".join((cal.fitted_on or {}).get("unmet") or [])
+                if (cal.fitted_on or {}).get("unmet") else "") if fitted else ""))
     if m.validation:
         out("validation %s" % json.dumps(m.validation))
 
@@ -124,7 +130,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from ..calibration.preprocess import preprocess_batch, to_layout
     from ..runtimes.evaluate import accuracy, evaluate
     from ..runtimes.package import Choice, ModelPackage
-    from ..runtimes.postprocess import to_probabilities, top_k
+    from ..runtimes.postprocess import accepted, to_probabilities, top_k
     from ..runtimes.registry import is_installed
 
     pkg = ModelPackage.load(args.package)
@@ -148,11 +154,15 @@ def run_classify(args: argparse.Namespace) -> int:
         config = {"threads": args.threads} if args.threads and choice.runtime != "tensorrt" else None
         with pkg.open_runtime(choice=choice, config=config, input_layout="native") as rt:
             ev = evaluate(rt, to_layout(batch, pkg.preprocess.layout, rt.input_layout), args.batch)
-        probs = to_probabilities(ev.outputs, pkg.manifest.output)
-        top1 = probs.argmax(axis=1)
         art = choice.artifact
+        cal = art.calibration
+        probs = to_probabilities(ev.outputs, pkg.manifest.output, cal.temperature if cal else 1.0)
+        top1 = probs.argmax(axis=1)
+        default, per_class = pkg.manifest.thresholds_for(cal)
+        ok = accepted(probs.max(axis=1), np.array([per_class.get(lbl, default) for lbl in pkg.labels])[top1])
         results.append({
             "runtime": choice.runtime, "artifact": art.file, "precision": art.precision, "images": len(items),
+            "calibrated": cal is not None, "accepted": float(ok.mean()),
             "ms_per_image": 1000.0 * ev.seconds / len(items),
             "accuracy": accuracy(top1[labelled], np.array([truth[i] for i in labelled])) if labelled else None,
             "labelled": len(labelled),
@@ -175,10 +185,11 @@ def _print_classify(results: List[Dict[str, Any]], per_image: bool) -> None:
             for pred in res["predictions"]:
                 best = pred["top_k"][0]
                 out("%-12s %s -> %s (%.3f)" % (res["runtime"], pred["image"], best["label"], best["score"]))
-    out("%-12s %-22s %-5s %7s %9s %10s %10s" % ("runtime", "artifact", "prec", "images", "top-1", "agreement",
-                                                "ms/image"))
+    out("%-12s %-22s %-5s %7s %9s %10s %10s %9s" % ("runtime", "artifact", "prec", "images", "top-1", "agreement",
+                                                     "ms/image", "accepted"))
     for res in results:
         acc = "-" if res["accuracy"] is None else "%.2f%%" % (100 * res["accuracy"])
         agr = "-" if res["agreement_with_first"] is None else "%.2f%%" % (100 * res["agreement_with_first"])
-        out("%-12s %-22s %-5s %7d %9s %10s %10.3f" % (res["runtime"], res["artifact"], res["precision"],
-                                                     res["images"], acc, agr, res["ms_per_image"]))
+        out("%-12s %-22s %-5s %7d %9s %10s %10.3f %8.1f%%%s" % (
+            res["runtime"], res["artifact"], res["precision"], res["images"], acc, agr, res["ms_per_image"],
+            100 * res["accepted"], "" if res["calibrated"] else " (not calibrated)"))

@@ -73,8 +73,10 @@ class Result(_Payload):
     model: ModelInfo = Field(description="the model that classified the frame")
     label: Label = Field(description="top-1 class")
     score: Probability = Field(description="top-1 probability")
-    accepted: bool = Field(description="score >= threshold")
+    accepted: bool = Field(description="score >= threshold (a threshold of 1.0 accepts nothing)")
     threshold: Probability = Field(description="the threshold of the top-1 class")
+    calibrated: bool = Field(False, description="scores are temperature-calibrated and the thresholds fitted "
+                                                "for this artifact (edgesight calibrate)")
     top_k: List[Score] = Field(max_length=MAX_TOP_K, description="best classes, highest first")
     latency_ms: Latency = Field(description="inference and capture-to-commit latency")
 
@@ -190,6 +192,10 @@ class Stats(_Payload):
     counts: Dict[str, int] = Field(default_factory=dict, description="results per label since the last report "
                                                                      "(_uncertain for uncertain frames)")
     classes: Dict[str, ClassDrift] = Field(default_factory=dict, description="drift: per top-1 label")
+    uncertain_share: Dict[Label, Probability] = Field(
+        default_factory=dict, description="per top-1 label, the share of its results that were uncertain since "
+                                          "start (a drift signal when the scores are calibrated)")
+    calibrated: bool = Field(False, description="the running model's scores are calibrated")
     rss_bytes: Optional[Count] = Field(None, description="resident memory")
     uptime_s: float = Field(ge=0, description="seconds since start")
     mqtt: Optional[MqttStats] = Field(None, description="the MQTT link")
@@ -222,9 +228,10 @@ def status(state: str, device_id: str) -> Status:
 
 def result(device_id: str, camera: str, model: Dict[str, Any], label: str, score: float, accepted: bool,
            threshold: float, top_k: List[Dict[str, Any]], captured: float, inference_ms: float,
-           pipeline_ms: float, frame_seq: int) -> Result:
+           pipeline_ms: float, frame_seq: int, calibrated: bool = False) -> Result:
     return build(Result, device=device_id, camera=camera, ts=iso(captured), frame=frame_seq, model=model,
                  label=label, score=round(score, 6), accepted=accepted, threshold=threshold, top_k=top_k,
+                 calibrated=calibrated,
                  latency_ms={"inference": round(inference_ms, 3), "capture_to_commit": round(pipeline_ms, 3)})
 
 

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from .. import __version__
 from ..calibration.dataset import ImageFolder, LoadedSet, label_indices
@@ -18,7 +18,7 @@ from ..errors import ConfigError, EdgesightError
 from ..runtimes.manifest import Artifact
 from ..runtimes.package import ModelPackage
 from ..runtimes.package_write import with_artifacts, write_manifest
-from . import onnx_quant, report, targets, validate
+from . import calibrate, onnx_quant, report, targets, validate
 from .onnx_model import OnnxInterface, read_interface
 from .package_builder import create_fp32_package
 
@@ -53,6 +53,8 @@ class ConvertOptions(NamedTuple):
     output: str = "logits"
     force: bool = False
     latency_runs: int = 50
+    test: Optional[str] = None  # labelled held-out images: confidence is reported there, never fitted
+    goal: calibrate.Goal = calibrate.Goal()
 
 
 class ConvertResult(NamedTuple):
@@ -143,6 +145,9 @@ def _check_options(opts: ConvertOptions) -> None:
     if opts.calib_count < 1:
         raise ConfigError("must be at least 1 (calibration images to sample), got %d" % opts.calib_count,
                           field="--calib-count")
+    opts.goal.check()
+    if opts.test and not opts.val:
+        raise ConfigError("a test split is reported against what --val fitted: give --val too", field="--test")
 
 
 def _prepare(opts: ConvertOptions, progress: Progress) -> _Inputs:
@@ -205,6 +210,7 @@ def convert(opts: ConvertOptions, progress: Optional[Progress] = None) -> Conver
                                 inp.spec.layout, inp.labels, truth, opts.output, opts.max_accuracy_drop,
                                 opts.min_agreement, opts.latency_runs, opts.min_cosine)
     failed += checked.failed
+    conf, cals = _confidence(opts, inp, artifacts, checked, truth, progress)
     rep = {
         "edgesight": __version__, "package": {"name": inp.pkg.manifest.name, "version": opts.version},
         "labels": inp.labels, "source": opts.model, "validation_set": inp.val_name,
@@ -217,13 +223,41 @@ def convert(opts: ConvertOptions, progress: Optional[Progress] = None) -> Conver
                  "min_cosine": opts.min_cosine},
         "versions": tool_versions(),
         "fp32": checked.fp32, "artifacts": [dict(a, name=a["target"]) for a in artifacts], "failed": failed,
-        "notes": notes, "seconds": round(time.perf_counter() - t_start, 2),
+        "confidence": conf, "notes": notes, "seconds": round(time.perf_counter() - t_start, 2),
         "timings": {"load_images": round(t_loaded - t_start, 3), "targets": round(t_targets - t_loaded, 3),
                     "validation": round(time.perf_counter() - t_targets, 3)},
     }
-    _write(opts.out, inp.pkg, artifacts, rep, passed=not checked.gate_failed and not failed, truth=truth)
+    _write(opts.out, inp.pkg, artifacts, rep, passed=not checked.gate_failed and not failed, truth=truth,
+           calibrations=cals)
     code = EXIT_TARGET_FAILED if failed else (EXIT_GATE_FAILED if checked.gate_failed else 0)
     return ConvertResult(ModelPackage.load(opts.out), rep, code)
+
+
+def _confidence(opts: ConvertOptions, inp: _Inputs, artifacts: List[Dict[str, Any]], checked: validate.Validation,
+                truth: Any, progress: Progress) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Fit each artifact's temperature (and thresholds for a goal) on the labelled validation outputs; report on
+    --test. Without labelled --val images nothing is fitted and the section says why."""
+    if not opts.val or truth is None:
+        why = "no --val images" if not opts.val else "the --val images are not labelled by class folders"
+        if opts.goal.target_precision is not None or opts.goal.target_coverage is not None:
+            raise ConfigError("fitting thresholds needs labelled validation images (%s)" % why, field="--val")
+        return {"skipped": "not calibrated: %s" % why}, {}
+    progress.step("confidence: fitting %d artifact(s) on %d labelled images" % (len(checked.outputs), len(truth)))
+    m = inp.pkg.manifest
+    fits = calibrate.fit_artifacts(checked.outputs, truth, inp.labels, opts.output, opts.goal, opts.threshold)
+    cals = {f: calibrate.calibration_of(fit, opts.val) for f, fit in fits.items()}
+    tests: Dict[str, Any] = {}
+    if opts.test:
+        progress.step("confidence: test images (reported only): %s" % opts.test)
+        test_set = ImageFolder(opts.test).load(inp.spec)
+        test_truth = calibrate.labelled(test_set, inp.labels, "--test")
+        runs = [(m.source.file, inp.pkg.path(m.source), "onnxruntime", inp.spec.layout)] + [
+            (a["file"], os.path.join(opts.out, a["file"]), a["runtime"], a["layout"]) for a in artifacts
+            if a["file"] in checked.outputs]
+        outs = {f: validate.run_artifact(path, rt, layout, test_set.tensors, inp.spec.layout, 0).outputs
+                for f, path, rt, layout in runs}
+        tests = calibrate.test_artifacts(outs, test_truth, m, cals)
+    return calibrate.section(fits, tests, opts.goal, opts.val, opts.test), cals
 
 
 def tool_versions() -> Dict[str, Optional[str]]:
@@ -241,11 +275,11 @@ def tool_versions() -> Dict[str, Optional[str]]:
 
 
 def _write(out: str, pkg: ModelPackage, artifacts: List[Dict[str, Any]], rep: Dict[str, Any], passed: bool,
-           truth: Any) -> None:
-    arts = list(pkg.manifest.artifacts) + [Artifact(
-        runtime=a["runtime"], file=a["file"], precision=a["precision"], sha256=a["sha256"], layout=a["layout"],
-        profile=a.get("profile"), built_for=a.get("built_for"), io=a.get("io"), validation=validate.summary(a))
-        for a in artifacts]
+           truth: Any, calibrations: Dict[str, Any]) -> None:
+    arts = [a.model_copy(update={"calibration": calibrations.get(a.file)}) for a in pkg.manifest.artifacts] + [
+        Artifact(runtime=a["runtime"], file=a["file"], precision=a["precision"], sha256=a["sha256"],
+                 layout=a["layout"], profile=a.get("profile"), built_for=a.get("built_for"), io=a.get("io"),
+                 validation=validate.summary(a), calibration=calibrations.get(a["file"])) for a in artifacts]
     write_manifest(out, with_artifacts(pkg.manifest, arts, validation={
         "report": "report.json", "images": rep["fp32"]["metrics"]["images"], "labelled": truth is not None,
         "fp32_top1": rep["fp32"]["metrics"].get("top1"), "passed": passed,

@@ -4,6 +4,7 @@ import json
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..files import atomic_write
+from .report_confidence import section_html
 
 PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
 
@@ -140,6 +141,7 @@ Gate: accuracy drop &le; %(drop)s pt, agreement &ge; %(agree)s, logit cosine &ge
 <th>centred cosine</th><th>layers in float</th><th>size</th><th>median latency</th><th>gate</th></tr>%(rows)s</table>
 %(failures)s
 %(plots)s
+%(confidence)s
 %(steps)s
 <p><small>edgesight %(edgesight)s (%(versions)s); report.json has every number shown here.</small></p>
 </body></html>
@@ -150,8 +152,20 @@ Gate: accuracy drop &le; %(drop)s pt, agreement &ge; %(agree)s, logit cosine &ge
        "agree": _esc(report["gate"]["min_agreement"]), "cosine": _esc(report["gate"].get("min_cosine", "-")),
        "rows": _rows(report),
        "failures": ('<h2 class="fail">Targets that failed</h2><ul class="fail">%s</ul>' % failures) if failures
-       else "", "plots": _plots(report), "steps": _steps(report), "edgesight": _esc(report["edgesight"]),
+       else "", "plots": _plots(report), "steps": _steps(report),
+       "confidence": section_html(report.get("confidence"), report["labels"]), "edgesight": _esc(report["edgesight"]),
        "versions": _esc(", ".join("%s %s" % kv for kv in sorted((report.get("versions") or {}).items())))}
+    return atomic_write(path, doc)
+
+
+def write_confidence_html(report: Dict[str, Any], path: str) -> str:
+    """``calibration.html`` of ``edgesight calibrate``: the confidence section alone."""
+    doc = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>edgesight calibration: %s</title>'
+           '<style>body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}td,th{border:1px '
+           'solid #ccc;padding:4px 8px;text-align:right}.row{display:flex;flex-wrap:wrap;gap:1em}</style></head>'
+           '<body><h1>%s %s: confidence</h1>%s</body></html>\n'
+           % (_esc(report["package"]["name"]), _esc(report["package"]["name"]), _esc(report["package"]["version"]),
+              section_html(report.get("confidence"), report["labels"])))
     return atomic_write(path, doc)
 
 

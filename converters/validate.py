@@ -20,6 +20,7 @@ class Validation(NamedTuple):
     fp32: Dict[str, Any]  # the report's fp32 entry
     gate_failed: bool
     failed: List[Dict[str, str]]  # artifacts that could not be validated: target, step, error
+    outputs: Dict[str, np.ndarray]  # the validation outputs per file (the FP32 source's too), for fitting
 
 
 def run_artifact(path: str, runtime: str, layout: Optional[str], tensors: np.ndarray, spec_layout: str,
@@ -41,6 +42,7 @@ def validate(out_dir: str, source: str, artifacts: List[Dict[str, Any]], tensors
             "metrics": fp32_metrics}
     gate_failed = False
     failed: List[Dict[str, str]] = []
+    outputs = {os.path.basename(source): ref.outputs}
     for a in list(artifacts):
         path = os.path.join(out_dir, a["file"])
         a["size_bytes"] = os.path.getsize(path)
@@ -57,11 +59,12 @@ def validate(out_dir: str, source: str, artifacts: List[Dict[str, Any]], tensors
             os.unlink(path)
             continue
         a["latency_ms"], a["io"] = ev.latency_ms, ev.io
+        outputs[a["file"]] = ev.outputs
         a["metrics"] = metrics.compare(ev.outputs, to_probabilities(ev.outputs, output), labels, truth,
                                        ref_outputs=ref.outputs, ref_probs=ref_probs)
         a["gate"] = metrics.gate(a["metrics"], fp32_metrics, max_accuracy_drop, min_agreement, min_cosine)
         gate_failed = gate_failed or not a["gate"]["passed"]
-    return Validation(fp32, gate_failed, failed)
+    return Validation(fp32, gate_failed, failed, outputs)
 
 
 def summary(a: Dict[str, Any]) -> Dict[str, Any]:

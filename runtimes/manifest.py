@@ -6,7 +6,7 @@ builds its engine from (the ``tensorrt-qdq`` INT8 ONNX, see :attr:`Artifact.buil
 """
 import hashlib
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Annotated
@@ -16,7 +16,8 @@ from ..calibration.preprocess import PreprocessSpec
 from ..errors import PackageError
 from .registry import RUNTIME_NAMES
 
-SCHEMA = "edgesight.package/1"
+SCHEMA = "edgesight.package/2"  # 2: artifacts may carry ``calibration`` (temperature, fitted thresholds)
+SCHEMAS_READ = ("edgesight.package/1", SCHEMA)  # a /1 package is a /2 package without calibration
 MANIFEST = "edgesight.yaml"
 PRECISIONS = ("fp32", "fp16", "int8")
 TENSORRT_QDQ = "tensorrt-qdq"  # the profile of the INT8 ONNX a device builds its TensorRT engine from
@@ -58,6 +59,18 @@ class Thresholds(_Strict):
     per_class: PerClassThresholds = Field(default_factory=dict)
 
 
+class Calibration(_Strict):
+    """What ``edgesight convert`` / ``edgesight calibrate`` fitted for one artifact on labelled validation images
+    (its INT8 logits differ from FP32's, so each artifact has its own): scores are ``softmax(logits / temperature)``
+    (for a model that outputs probabilities: ``softmax(log(p) / temperature)``), and the fitted thresholds replace
+    the package's for this artifact."""
+
+    temperature: float = Field(gt=0.0, le=1000.0, allow_inf_nan=False)
+    thresholds: Optional[Thresholds] = None
+    goal: Optional[str] = Field(None, max_length=200)  # e.g. "precision >= 0.98 at confidence 0.9"
+    fitted_on: Optional[Dict[str, Any]] = None  # images, ECE before/after, classes that could not meet the goal
+
+
 class Artifact(_Strict):
     runtime: str
     file: str
@@ -68,6 +81,7 @@ class Artifact(_Strict):
     built_for: Optional[Dict[str, str]] = None  # TensorRT engines: tensorrt version, device, compute capability
     io: Optional[Dict[str, Any]] = None  # input/output dtype and quantization (scale, zero_point) as recorded
     validation: Optional[Dict[str, Any]] = None
+    calibration: Optional[Calibration] = None
 
     _file_inside = field_validator("file")(_inside_package)
 
@@ -145,7 +159,20 @@ class Manifest(_Strict):
         unknown = unknown_labels(self.thresholds.per_class, self.labels)
         if unknown:
             raise ValueError("thresholds.per_class names classes that are not in labels: %s" % ", ".join(unknown))
+        for i, a in enumerate(self.artifacts):
+            fitted = a.calibration.thresholds if a.calibration is not None else None
+            unknown = unknown_labels(fitted.per_class, self.labels) if fitted is not None else []
+            if unknown:
+                raise ValueError("artifacts[%d].calibration.thresholds.per_class names classes that are not in "
+                                 "labels: %s" % (i, ", ".join(unknown)))
         return self
+
+    def thresholds_for(self, calibration: Optional[Calibration]) -> Tuple[float, Dict[str, float]]:
+        """The thresholds an artifact runs with: the ones fitted for it where it has them, else the package's.
+        (The agent's own ``thresholds`` go on top: its ``per_class`` always, its ``default`` for the rest.)"""
+        t = calibration.thresholds if calibration is not None and calibration.thresholds is not None else \
+            self.thresholds
+        return t.default, dict(t.per_class)
 
     def to_yaml_dict(self) -> Dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -166,9 +193,10 @@ def read_manifest(manifest_path: str) -> Manifest:
     schema = doc.data.get("schema")
     if schema is None:
         raise PackageError("missing; this edgesight reads '%s'" % SCHEMA, file=manifest_path, field="schema")
-    if schema != SCHEMA:
-        raise PackageError("unsupported schema %r; this edgesight reads '%s'. Re-create the package with this "
-                           "edgesight version or upgrade edgesight." % (str(schema)[:100], SCHEMA),
+    if schema not in SCHEMAS_READ:
+        raise PackageError("unsupported schema %r; this edgesight reads %s. Re-create the package with this "
+                           "edgesight version or upgrade edgesight." % (str(schema)[:100], " and ".join(
+                               "'%s'" % v for v in SCHEMAS_READ)),
                            file=manifest_path, field="schema")
     return configfile.validate(Manifest, doc, PackageError, what="package manifest",
                                hint="See docs/package.md for the schema.")

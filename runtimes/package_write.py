@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Sequence
 import yaml
 
 from ..files import atomic_write
-from .manifest import MANIFEST, Artifact, Manifest, sha256_file
+from .manifest import MANIFEST, SCHEMA, Artifact, Manifest, sha256_file
 from .package import ModelPackage
 
 ENGINE_FILE = "model.int8.engine"
@@ -20,16 +20,21 @@ def write_manifest(out_dir: str, manifest: Manifest) -> str:
 
 
 def with_artifacts(manifest: Manifest, artifacts: Sequence[Artifact], **top: Any) -> Manifest:
-    """A copy of ``manifest`` listing ``artifacts`` (validated again as a whole), with top-level fields replaced."""
+    """A copy of ``manifest`` listing ``artifacts`` (validated again as a whole), with top-level fields replaced;
+    written in this edgesight's schema (a /1 package read here is a valid /2 one)."""
     data: Dict[str, Any] = dict(manifest.to_yaml_dict(), **top)
+    data["schema"] = SCHEMA
     data["artifacts"] = [a.model_dump(mode="json", exclude_none=True) for a in artifacts]
     return Manifest(**data)
 
 
 def add_engine(pkg: ModelPackage, engine_path: str, built_for: Dict[str, str], layout: str) -> ModelPackage:
-    """Register the engine at ``engine_path`` (inside the package) as its one ``tensorrt`` artifact."""
+    """Register the engine at ``engine_path`` (inside the package) as its one ``tensorrt`` artifact; it keeps the
+    calibration fitted for the Q/DQ ONNX it was built from."""
+    source = [a for a in pkg.manifest.artifacts if a.builds_tensorrt_engine and a.calibration is not None]
     engine = Artifact(runtime="tensorrt", file=os.path.relpath(engine_path, pkg.root), precision="int8",
-                      sha256=sha256_file(engine_path), layout=layout, built_for=built_for)
+                      sha256=sha256_file(engine_path), layout=layout, built_for=built_for,
+                      calibration=source[0].calibration if source else None)
     arts: List[Artifact] = [a for a in pkg.manifest.artifacts if a.runtime != "tensorrt"] + [engine]
     write_manifest(pkg.root, with_artifacts(pkg.manifest, arts))
     return ModelPackage.load(pkg.root)

@@ -1,5 +1,5 @@
 """Pure functions from model output to class scores (shared by the agent, validation and the CLI)."""
-from typing import List, NamedTuple, Sequence
+from typing import Any, List, NamedTuple, Sequence
 
 import numpy as np
 
@@ -17,13 +17,32 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return (e / np.sum(e, axis=axis, keepdims=True)).astype(np.float32)
 
 
-def to_probabilities(output: np.ndarray, kind: str) -> np.ndarray:
-    """``kind`` is the package's ``output``: ``logits`` (softmax applied) or ``probabilities`` (used as is)."""
-    if kind == "logits":
-        return softmax(output)
-    if kind == "probabilities":
-        return np.asarray(output, dtype=np.float32)
-    raise ValueError("output kind must be 'logits' or 'probabilities', got %r" % (kind,))
+def to_probabilities(output: np.ndarray, kind: str, temperature: float = 1.0) -> np.ndarray:
+    """``kind`` is the package's ``output``: ``logits`` (softmax applied) or ``probabilities`` (used as is).
+    ``temperature`` is an artifact's fitted calibration: ``softmax(logits / T)``; for probabilities the same on
+    their logarithms, ``softmax(log(p) / T)`` (= p ** (1/T), renormalised). T = 1 changes nothing."""
+    if kind not in ("logits", "probabilities"):
+        raise ValueError("output kind must be 'logits' or 'probabilities', got %r" % (kind,))
+    if not (temperature > 0.0 and np.isfinite(temperature)):
+        raise ValueError("temperature must be a positive finite number, got %r" % (temperature,))
+    if temperature == 1.0:
+        return softmax(output) if kind == "logits" else np.asarray(output, dtype=np.float32)
+    return softmax(to_logits(output, kind) / float(temperature))
+
+
+def to_logits(output: np.ndarray, kind: str) -> np.ndarray:
+    """Logits (up to a constant per row) of a model's output: as is, or the logarithm of probabilities."""
+    x = np.asarray(output, dtype=np.float64)
+    return x if kind == "logits" else np.log(np.clip(x, 1e-12, None))
+
+
+NEVER = 1.0  # a threshold of 1.0 accepts nothing (what a class that cannot meet a fitted goal gets)
+
+
+def accepted(score: Any, threshold: Any) -> Any:
+    """THE acceptance rule (agent, classify, the converter's confidence report): top-1 score at or above its class
+    threshold, and a threshold of 1.0 accepts nothing. Scalars or numpy arrays."""
+    return np.logical_and(np.asarray(score) >= threshold, np.asarray(threshold) < NEVER)
 
 
 def top_k(scores: np.ndarray, labels: Sequence[str], k: int = 3) -> List[Prediction]:

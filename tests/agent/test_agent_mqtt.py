@@ -48,9 +48,10 @@ def test_results_samples_state_stats_status_arrive_with_the_documented_payloads(
     assert len(results) == processed and len({r["id"] for r in results}) == processed and processed > 250
     r = results[0]
     assert set(r) == {"v", "id", "device", "camera", "ts", "frame", "model", "label", "score", "accepted",
-                      "threshold", "top_k", "latency_ms"}
+                      "threshold", "calibrated", "top_k", "latency_ms"}
     assert r["v"] == 1 and r["device"] == "dev1" and r["camera"] == "front" and r["threshold"] == 0.9999
     assert r["model"]["name"] == "digits-cnn" and len(r["model"]["sha256"]) == 12
+    assert r["calibrated"] is False  # the bundled package predates calibration (schema /1)
     assert len(r["top_k"]) == 3 and r["accepted"] == (r["score"] >= 0.9999)
     uncertain = [x for x in results if not x["accepted"]]
     assert uncertain, "threshold 0.9999 should leave some frames uncertain"

@@ -5,14 +5,12 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from edgesight.calibration.dataset import ImageFolder, OrtCalibrationReader
+from edgesight.calibration.dataset import OrtCalibrationReader
 from edgesight.converters import onnx_quant, sensitivity, tflite
 from edgesight.converters.convert import ConvertOptions, convert
 from edgesight.errors import ConversionError

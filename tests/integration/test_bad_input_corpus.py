@@ -155,6 +155,20 @@ CASES = [
         os.symlink(str(t / "x.tflite"), str(d / "model.fp32.tflite")))), 3, ["artifacts[1].file", "outside"]),
     ("package missing file", lambda t: _package(t, damage=lambda d, p: os.unlink(str(d / "model.fp32.tflite"))), 3,
      ["artifacts[1].file"]),
+    ("package temperature 0", lambda t: _package(t, edit=lambda d: d["artifacts"][0].update(
+        calibration={"temperature": 0})), 3, ["artifacts[0].calibration.temperature"]),
+    ("package temperature inf", lambda t: _package(t, edit=lambda d: d["artifacts"][0].update(
+        calibration={"temperature": float("inf")})), 3, ["artifacts[0].calibration.temperature"]),
+    ("package fitted threshold 7", lambda t: _package(t, edit=lambda d: d["artifacts"][0].update(
+        calibration={"temperature": 1.2, "thresholds": {"per_class": {"one": 7}}})), 3,
+     ["artifacts[0].calibration.thresholds.per_class.one"]),
+    ("package fitted unknown label", lambda t: _package(t, edit=lambda d: d["artifacts"][1].update(
+        calibration={"temperature": 1.2, "thresholds": {"per_class": {"sevn": 0.9}}})), 3,
+     ["artifacts[1].calibration.thresholds.per_class", "sevn"]),
+    ("calibrate unlabelled val", lambda t: ["calibrate", _package(t)[1], "--val", os.path.join(
+        EXAMPLE, "images", "val", "one")], 2, ["--val", "labelled"]),
+    ("calibrate two goals", lambda t: ["calibrate", _package(t)[1], "--val", VAL, "--target-precision", "0.9",
+                                       "--target-coverage", "0.5"], 2, ["--target-coverage"]),
     ("package wrong sha256", lambda t: _package(t, edit=lambda d: d["artifacts"][0].update(sha256="0" * 64)), 3,
      ["artifacts[0].sha256"]),
     ("package alias bomb", lambda t: _package(t, damage=lambda d, p: p.write_text(

@@ -253,7 +253,9 @@ def test_engine_build_command_adds_the_engine_to_the_package(monkeypatch, tmp_pa
                            calib=os.path.join(EXAMPLE, "images", "calib"), out=out,
                            labels=read_labels(os.path.join(EXAMPLE, "labels.txt")),
                            preprocess=read_preprocess(os.path.join(EXAMPLE, "preprocess.yaml")),
-                           targets=("onnx-int8-trt",), calib_count=30))
+                           targets=("onnx-int8-trt",), calib_count=30,
+                           val=os.path.join(EXAMPLE, "images", "field", "val"), min_agreement=0.0,
+                           max_accuracy_drop=100.0))
     trt = fake_tensorrt.install(monkeypatch, version="8.6.2")
     assert main(["engine", "build", out, "--max-batch", "4"]) == 0
     pkg = load_package(out)  # hashes verified, the new artifact included
@@ -261,6 +263,8 @@ def test_engine_build_command_adds_the_engine_to_the_package(monkeypatch, tmp_pa
     assert len(engine) == 1 and engine[0].file == "model.int8.engine"
     assert engine[0].built_for == {"tensorrt": "8.6.2", "device": "unknown", "compute": "unknown"}  # no CUDA here
     assert ("set_shape", "image", (1, 3, 32, 32), (1, 3, 32, 32), (4, 3, 32, 32)) in trt.calls
+    source = [a for a in pkg.manifest.artifacts if a.builds_tensorrt_engine][0]
+    assert source.calibration is not None and engine[0].calibration == source.calibration  # the engine keeps it
     assert main(["engine", "build", out]) == 0  # again: replaces, never duplicates
     assert sum(a.runtime == "tensorrt" for a in load_package(out).manifest.artifacts) == 1
 

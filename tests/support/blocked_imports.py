@@ -92,7 +92,14 @@ def _onnx():
     read_interface(model)
 
 
+def _temperature():
+    from edgesight.converters.confidence import fit_temperature
+    import numpy as np
+
+    fit_temperature(np.zeros((4, 2)), np.array([0, 1, 0, 1]))
+
+
 features.update({"reading an image": _image, "a camera": _camera, "the agent's MQTT link": _link,
-                 "the collector": _collector, "reading an ONNX model": _onnx})
+                 "the collector": _collector, "reading an ONNX model": _onnx, "fitting a temperature": _temperature})
 print(json.dumps({"modules": count, "import_failures": failures,
                   "features": {k: outcome(v) for k, v in features.items()}}))
