@@ -39,6 +39,10 @@ def render(snap: Dict[str, Any]) -> str:
            [({"quantile": q}, snap["capture_to_publish_ms"].get(k)) for q, k in (("0.5", "p50"), ("0.95", "p95"))])
     metric("capture_to_ack_ms", "gauge", "Capture to the broker's acknowledgement percentiles (ms).",
            [({"quantile": q}, snap["capture_to_ack_ms"].get(k)) for q, k in (("0.5", "p50"), ("0.95", "p95"))])
+    metric("stage_ms", "gauge", "Per-frame time in each stage (decode, preprocess, inference, postprocess, commit, "
+           "publish) percentiles (ms).", [({"stage": st, "quantile": q}, p.get(k))
+                                          for st, p in sorted(snap.get("stages_ms", {}).items())
+                                          for q, k in (("0.5", "p50"), ("0.95", "p95"))])
     metric("dropped_frames_total", "counter", "Frames replaced in the latest-frame slot before processing.",
            [({}, snap["dropped_frames"])])
     metric("camera_up", "gauge", "1 when the camera delivers frames.",

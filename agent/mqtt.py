@@ -126,6 +126,7 @@ class Publisher(object):
         self._generation = -1
         self.capture_to_publish_ms: Deque[float] = deque(maxlen=2000)  # capture -> handed to the MQTT connection
         self.capture_to_ack_ms: Deque[float] = deque(maxlen=2000)  # capture -> the broker's PUBACK
+        self.commit_to_publish_ms: Deque[float] = deque(maxlen=2000)  # durable commit -> handed to the connection
         self.published = 0
         self.failed: Optional[BaseException] = None  # an unexpected error ended the thread: the agent must exit
         self._stop = threading.Event()
@@ -185,6 +186,8 @@ class Publisher(object):
             self.published += 1
             if row.captured is not None and row.kind == "result":
                 self.capture_to_publish_ms.append(1000.0 * (now - row.captured))
+                if row.created is not None:
+                    self.commit_to_publish_ms.append(1000.0 * (now - row.created))
 
     def _drain_acks(self) -> None:
         """Every queued ack: refusals one by one, successes deleted in one transaction."""

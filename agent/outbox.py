@@ -53,6 +53,7 @@ class Row(NamedTuple):
     retain: bool
     attempts: int
     captured: Optional[float]
+    created: Optional[float] = None  # when it was committed
 
 
 def disk_cost(size: int, page: int = 4096) -> int:
@@ -212,9 +213,10 @@ class Outbox(object):
         exclude = exclude or set()
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, kind, topic, payload, qos, retain, attempts, captured FROM outbox "
+                "SELECT id, kind, topic, payload, qos, retain, attempts, captured, created FROM outbox "
                 "ORDER BY priority DESC, id LIMIT ?", (limit + len(exclude),)).fetchall()
-        out = [Row(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5]), r[6], r[7]) for r in rows if r[0] not in exclude]
+        out = [Row(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5]), r[6], r[7], r[8]) for r in rows
+               if r[0] not in exclude]
         return out[:limit]
 
     def ack(self, row_id: int) -> bool:

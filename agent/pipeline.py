@@ -84,36 +84,43 @@ class FramePipeline(object):
 
     def process(self, item: Prepared) -> None:
         """One preprocessed frame: inference, decisions, durable commit of what is published."""
-        s, camera, frame = self.settings, item.camera, item.frame
+        s, camera, frame, tel = self.settings, item.camera, item.frame, self.telemetry
         t0 = time.perf_counter()
         out = next(iter(self.rt.infer(item.tensor).values()))[0]
-        inference_ms = 1000.0 * (time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        inference_ms = 1000.0 * (t1 - t0)
         probs = to_probabilities(out, self.model.output, self.model.temperature)
         preds = top_k(probs, self.model.labels, s.top_k)
         best = preds[0]
         threshold = decisions.threshold_for(best.label, s.default_threshold, s.per_class)
         accepted = decisions.is_accepted(best.score, threshold)
         topk = [{"label": p.label, "score": round(p.score, 6)} for p in preds]
-        self.telemetry.frame(best.label, best.score, accepted, inference_ms)
+        tel.frame(best.label, best.score, accepted, inference_ms)
         now = time.time()
-        result = None
+        result, body = None, None
         if self.gates[camera].should_publish(best.label, accepted, now):
             result = payloads.result(s.device_id, camera, self.model.info, best.label, best.score, accepted,
                                      threshold, topk, frame.captured, inference_ms, 1000.0 * (now - frame.captured),
                                      frame.seq, self.model.calibrated)
-            if self.outbox.put("result", self.topic(camera, topics.RESULT), payloads.encode(result), qos=1,
-                               captured=frame.captured) is not None:
-                self.results_committed += 1
         changed = self.trackers[camera].update(best.label, accepted)
         if changed is not None:
             body = payloads.state(s.device_id, camera, changed, best.score, frame.captured)
+        t2 = time.perf_counter()
+        if result is not None and self.outbox.put("result", self.topic(camera, topics.RESULT), payloads.encode(result),
+                                                  qos=1, captured=frame.captured) is not None:
+            self.results_committed += 1
+        if body is not None:
             self.outbox.put("state", self.topic(camera, topics.STATE), payloads.encode(body), qos=1, retain=True,
                             captured=frame.captured)
+        t3 = time.perf_counter()
+        for name, ms in (("decode", frame.decode_ms), ("preprocess", item.preprocess_ms), ("inference", inference_ms),
+                         ("postprocess", 1000.0 * (t2 - t1)), ("commit", 1000.0 * (t3 - t2))):
+            tel.stage(name, ms)
         second = float(np.partition(probs, -2)[-2]) if probs.size > 1 else 0.0
         self._maybe_sample(item, best, second, threshold, accepted, topk, result)
         log.debug("%s frame %d: %s %.3f (%s), preprocessed in %.1f ms, inference to commit %.1f ms", camera,
                   frame.seq, best.label, best.score, "accepted" if accepted else "uncertain", item.preprocess_ms,
-                  1000.0 * (time.perf_counter() - t0))
+                  1000.0 * (t3 - t0))
 
     def _maybe_sample(self, item: Prepared, best: Prediction, second: float, threshold: float, accepted: bool,
                       topk: List[Dict[str, Any]], result: Optional[payloads.Result]) -> None:

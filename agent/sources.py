@@ -4,9 +4,15 @@ A source opens, reads frames, and closes; ``read`` returns None at the end of a 
 raises :class:`SourceLost` when the device or stream goes away. :class:`Capture` runs one source in a thread: it
 caps the rate at ``fps``, keeps only the latest frame (a slot, never a queue: a frame the pipeline did not take in
 time is dropped and counted), and reopens a lost source with capped exponential backoff, reporting its state.
+
+Decode on demand: a live OpenCV source (camera, stream, GStreamer) only ``grab``s in the capture thread, which keeps
+its buffer fresh without decoding, and the frame the pipeline takes is decoded then (``retrieve``), in the taking
+thread. A frame replaced before it was taken was never decoded. Recordings (folder, video file) wait for the
+pipeline, so every frame they read is taken and decoded once either way.
 """
 import logging
 import os
+import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional
 
@@ -24,6 +30,14 @@ class Frame(NamedTuple):
     image: np.ndarray  # HxWx3 uint8
     color: str  # "rgb" or "bgr" (OpenCV)
     captured: float  # time.time() at capture
+    seq: int
+    decode_ms: float = 0.0  # reading and decoding the image (stage timings)
+
+
+class Grabbed(NamedTuple):
+    """A frame a live source holds but has not decoded yet (``Source.decode`` makes it a Frame)."""
+
+    captured: float
     seq: int
 
 
@@ -56,6 +70,15 @@ class Source(object):
 
     def read(self) -> Optional[Frame]:
         raise NotImplementedError
+
+    def grab(self) -> Optional[Any]:
+        """What the capture thread keeps in its slot: a decoded Frame, or for a live source that decodes on demand
+        a :class:`Grabbed`. None at the end of the input."""
+        return self.read()
+
+    def decode(self, item: Any) -> Optional[Frame]:
+        """The Frame for what ``grab`` returned (None: it could not be decoded; the frame is dropped)."""
+        return item
 
     def close(self) -> None:
         pass
@@ -90,6 +113,7 @@ class FolderSource(Source):
                 self.open()  # list the folder again: it may have been emptied (SourceLost) or refilled
             path = self._files[self._i]
             self._i += 1
+            t0 = time.perf_counter()
             try:
                 img = load_image(path)
             except ImageError as exc:
@@ -99,7 +123,7 @@ class FolderSource(Source):
                 log.warning("skipping %s", exc)
                 continue
             self._seq += 1
-            return Frame(img, "rgb", time.time(), self._seq)
+            return Frame(img, "rgb", time.time(), self._seq, 1000.0 * (time.perf_counter() - t0))
 
 
 class OpenCVSource(Source):
@@ -112,6 +136,10 @@ class OpenCVSource(Source):
         self.width, self.height = width, height
         self._cap = None
         self._seq = 0
+        self.grabbed = 0  # frames grabbed from a live source
+        self.decoded = 0  # of those, decoded (the ones the pipeline took)
+        self._lock = threading.Lock()  # grab (capture thread) and retrieve (taking thread) on one VideoCapture
+        self._last: Optional[Grabbed] = None
 
     def open(self) -> None:
         cv2 = _cv2()
@@ -124,11 +152,13 @@ class OpenCVSource(Source):
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
         if self.height:
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
-        self._cap = cap
+        with self._lock:
+            self._cap, self._last = cap, None
 
     def read(self) -> Optional[Frame]:
         if self._cap is None:
             raise SourceLost("%s not open" % self.kind)
+        t0 = time.perf_counter()
         ok, img = self._cap.read()
         if not ok or img is None:
             if self.kind == "video":
@@ -138,15 +168,44 @@ class OpenCVSource(Source):
                 ok, img = self._cap.read()
                 if ok and img is not None:
                     self._seq += 1
-                    return Frame(img, "bgr", time.time(), self._seq)
+                    return Frame(img, "bgr", time.time(), self._seq, 1000.0 * (time.perf_counter() - t0))
             raise SourceLost("%s %s stopped delivering frames" % (self.kind, self.target))
         self._seq += 1
-        return Frame(img, "bgr", time.time(), self._seq)
+        return Frame(img, "bgr", time.time(), self._seq, 1000.0 * (time.perf_counter() - t0))
+
+    def grab(self) -> Optional[Any]:
+        if self.replay:  # a video file: every frame is taken, read and decode it here
+            return self.read()
+        with self._lock:
+            if self._cap is None:
+                raise SourceLost("%s not open" % self.kind)
+            if not self._cap.grab():
+                raise SourceLost("%s %s stopped delivering frames" % (self.kind, self.target))
+            self._seq += 1
+            self.grabbed += 1
+            self._last = Grabbed(time.time(), self._seq)
+            return self._last
+
+    def decode(self, item: Any) -> Optional[Frame]:
+        if not isinstance(item, Grabbed):
+            return item
+        t0 = time.perf_counter()
+        with self._lock:  # the frame retrieved is the latest grabbed: never older than the one asked for
+            if self._cap is None or self._last is None:
+                return None
+            ok, img = self._cap.retrieve()
+            last = self._last
+        if not ok or img is None:
+            log.warning("%s %s: a grabbed frame could not be decoded; dropped", self.kind, self.target)
+            return None
+        self.decoded += 1
+        return Frame(img, "bgr", last.captured, last.seq, 1000.0 * (time.perf_counter() - t0))
 
     def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        with self._lock:
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
 
 
 def make_source(cfg: SourceConfig) -> Source:
@@ -189,8 +248,20 @@ class Capture(SlotWorker):
         self.reconnects = 0
         self.last_error: Optional[str] = None
 
-    def _taken(self, item: Frame) -> None:
+    def _taken(self, item: Any) -> None:
         self.taken += 1
+
+    def take(self, timeout: float) -> Optional[Frame]:
+        """The latest frame not yet taken, decoded now: a live source decodes only the frames that are taken."""
+        item = super().take(timeout)
+        if item is None:
+            return None
+        frame = self.source.decode(item)
+        if frame is None:  # grabbed but not decodable: a dropped frame, not one handed on
+            with self._cond:
+                self.taken -= 1
+                self.dropped += 1
+        return frame
 
     @property
     def ended(self) -> bool:
@@ -202,7 +273,7 @@ class Capture(SlotWorker):
         with self._cond:
             return self._slot is not None
 
-    def _put(self, frame: Frame) -> None:
+    def _put(self, frame: Any) -> None:
         with self._cond:
             if self.source.replay:  # a recording waits for the pipeline instead of replacing the frame it holds
                 while self._slot is not None and not self._stop.is_set():
@@ -247,7 +318,7 @@ class Capture(SlotWorker):
                     continue
             t0 = time.monotonic()
             try:
-                frame = self.source.read()
+                frame = self.source.grab()
             except SourceLost as exc:
                 self.last_error = str(exc)
                 self.state = "reconnecting"

@@ -20,6 +20,9 @@ def rss_bytes() -> Optional[int]:
     return None
 
 
+STAGES = ("decode", "preprocess", "inference", "postprocess", "commit")  # per frame, in the pipeline's order
+
+
 def _pct(values: Any) -> Dict[str, Optional[float]]:
     data = list(values)
     return {"p50": decisions.percentile(data, 50), "p95": decisions.percentile(data, 95)}
@@ -38,6 +41,7 @@ class Telemetry(object):
         self.started = time.time()
         self.processed = 0
         self.inference_ms: Deque[float] = deque(maxlen=2000)
+        self.stages: Dict[str, Deque[float]] = {s: deque(maxlen=2000) for s in STAGES}
         self.counts: Dict[str, int] = {}  # per label since the last report (_uncertain for uncertain frames)
         self.classes: Dict[str, Dict[str, Any]] = {}  # drift: per-class count + confidence histogram per report
         self.calibrated = calibrated
@@ -46,6 +50,10 @@ class Telemetry(object):
         self._last_frames = 0
         self._last_fps = 0.0
         self._period_start = time.monotonic()
+
+    def stage(self, name: str, ms: float) -> None:
+        """One frame's time in one stage (decode, preprocess, inference, postprocess, commit)."""
+        self.stages[name].append(ms)
 
     def frame(self, label: str, score: float, accepted: bool, inference_ms: float) -> None:
         self.inference_ms.append(inference_ms)
@@ -62,6 +70,8 @@ class Telemetry(object):
         return {"frames": self.processed, "fps": self._last_fps, "inference_ms": _pct(self.inference_ms),
                 "capture_to_publish_ms": _pct(self.publisher.capture_to_publish_ms),
                 "capture_to_ack_ms": _pct(self.publisher.capture_to_ack_ms),
+                "stages_ms": dict({s: _pct(d) for s, d in self.stages.items()},
+                                  publish=_pct(getattr(self.publisher, "commit_to_publish_ms", ()))),
                 "dropped_frames": sum(c.dropped for c in self.captures),
                 "cameras": {c.name: c.stats() for c in self.captures},
                 "outbox": {"depth": self.outbox.depth(), "bytes": self.outbox.bytes,

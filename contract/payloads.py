@@ -185,6 +185,10 @@ class Stats(_Payload):
     inference_ms: Percentiles = Field(description="inference latency")
     capture_to_publish_ms: Percentiles = Field(description="capture to handed to the MQTT connection")
     capture_to_ack_ms: Percentiles = Field(description="capture to the broker's PUBACK")
+    stages_ms: Dict[str, Percentiles] = Field(
+        default_factory=dict, max_length=16, description="where a frame's time goes: decode, preprocess, inference, "
+                                                         "postprocess, commit (durable outbox), publish (commit to "
+                                                         "handed to the MQTT connection)")
     dropped_frames: Count = Field(description="frames dropped as stale, all cameras")
     cameras: Dict[str, CameraStats] = Field(description="per camera")
     outbox: OutboxStats = Field(description="the durable outbox")

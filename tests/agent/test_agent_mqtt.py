@@ -68,6 +68,11 @@ def test_results_samples_state_stats_status_arrive_with_the_documented_payloads(
     assert stats[-1]["outbox"]["counters"]["sent_result"] >= processed - 1  # the last ack may follow the stats
     assert {"fps", "inference_ms", "capture_to_publish_ms", "capture_to_ack_ms", "dropped_frames", "rss_bytes",
             "uptime_s", "samples"} <= set(stats[-1])
+    stages = stats[-1]["stages_ms"]  # where a frame's time goes
+    assert set(stages) == {"decode", "preprocess", "inference", "postprocess", "commit", "publish"}
+    for name, p in stages.items():
+        assert p["p50"] is not None and 0 <= p["p50"] <= p["p95"] < 5000, (name, p)
+    assert stages["decode"]["p50"] > 0 and stages["inference"]["p50"] > 0
     sub.close()
     late = Collector(broker.port, client_id="late")  # retained: status and the latest state
     assert late.wait_for(lambda s: s.of("status") and s.of("state"), 5)
@@ -394,6 +399,8 @@ def test_metrics_endpoint_is_scraped(broker, tmp_path):
         assert 'edgesight_camera_up{camera="front",state="online"} 1.0' in text
         assert "edgesight_mqtt_connected 1.0" in text and 'edgesight_inference_ms{quantile="0.95"}' in text
         assert 'edgesight_outbox_events_total{event="sent",kind="result"}' in text
+        for stage in ("decode", "preprocess", "inference", "postprocess", "commit", "publish"):
+            assert 'edgesight_stage_ms{quantile="0.5",stage="%s"}' % stage in text, stage
         with pytest.raises(OSError):  # only /metrics is served (HTTP 404 otherwise)
             urllib.request.urlopen("http://127.0.0.1:%d/other" % port, timeout=2)
     finally:

@@ -218,3 +218,48 @@ def test_a_replay_waits_for_a_slow_pipeline_instead_of_dropping_frames(tmp_path)
     finally:
         cap.stop()
     assert seqs == list(range(1, 9)) and cap.dropped == 0 and cap.captured == 8
+
+
+# -- decode on demand ----------------------------------------------------------------------------------------------
+def _numbered_video(path, n=900, size=(240, 320)):
+    """An MJPG file whose frame i is a flat grey of level i % 200 (so a decoded frame tells which one it is)."""
+    cv2 = pytest.importorskip("cv2")
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (size[1], size[0]))
+    assert w.isOpened()
+    for i in range(n):
+        w.write(np.full(size + (3,), 20 + i % 200, np.uint8))
+    w.release()
+    return str(path)
+
+
+def test_a_live_source_decodes_only_the_frames_the_pipeline_takes(tmp_path):
+    """A live OpenCV source (here a real VideoCapture on a file, read as a stream: no waiting) grabs at its rate in
+    the capture thread and decodes only the frame that is taken; that frame is the latest one grabbed, with its own
+    sequence number and capture time."""
+    import time
+
+    from edgesight.agent.sources import Capture, OpenCVSource
+
+    src = OpenCVSource(_numbered_video(tmp_path / "v.avi"), "url")
+    assert not src.replay
+    cap = Capture("cam", src, fps=400).start()
+    try:
+        taken = []
+        end = time.time() + 10
+        while len(taken) < 12 and time.time() < end:
+            time.sleep(0.03)  # a slow pipeline: the camera runs ahead
+            f = cap.take(timeout=1.0)
+            if f is not None:
+                taken.append(f)
+    finally:
+        cap.stop()
+    assert len(taken) == 12
+    assert src.decoded == len(taken)  # nothing decoded that was not taken
+    assert src.grabbed >= 3 * src.decoded, (src.grabbed, src.decoded)  # most frames were never decoded
+    assert cap.dropped >= src.grabbed - src.decoded - 1
+    seqs = [f.seq for f in taken]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    for f in taken:  # the pixels are the frame its seq names (seq 1 is frame 0)
+        level = 20 + (f.seq - 1) % 200
+        assert abs(float(f.image.mean()) - level) < 3, (f.seq, f.image.mean(), level)
+        assert f.color == "bgr" and f.decode_ms > 0

@@ -1,0 +1,182 @@
+"""The agent against the loop a user would write by hand, on the same model, images, threads and broker.
+
+    python bench/agent_vs_loop.py [--short 150] [--long 450] [--repeats 2] [--threads 1,2]
+
+The hand-written loop (``--hand``, run as its own process): read and decode the next image, edgesight's
+preprocess, InferenceSession.run, softmax and top-3, json, paho publish QoS 1 (no durability, no threads of its
+own but paho's). The agent: `edgesight agent --max-frames N` with an image-folder camera, samples off, the real
+outbox. Model: the MobileNetV2-class FP32 ONNX of bench/mobilenetv2.py (224x224), ONNX Runtime; frames: 640x480
+JPEGs. Each side runs N_short and N_long frames as a fresh process; CPU per frame = (CPU(N_long) - CPU(N_short)) /
+(N_long - N_short), user + system of the whole process from wait4, so start-up cancels out; frame rate the same
+way from wall time. Camera paced at 30 fps, and as fast as possible. Targets (issue 18): CPU per frame <= 1.10x the
+loop at 30 fps and at the maximum rate, 1 and 2 threads; throughput >= 1.2x the loop with threads = cores - 1.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+
+def hand_loop(args: argparse.Namespace) -> int:
+    """The loop a user would write instead of the agent (the child process of one measurement)."""
+    import numpy as np
+    import onnxruntime as ort
+    import paho.mqtt.client as mqtt
+
+    from edgesight.calibration.images import list_images, load_image
+    from edgesight.calibration.preprocess import PreprocessSpec, preprocess
+
+    spec = PreprocessSpec(size=(224, 224), resize="letterbox", color="rgb", mean=(0.485, 0.456, 0.406),
+                          std=(0.229, 0.224, 0.225), layout="nchw")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    files = [p for p, _ in list_images(args.images)]
+    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", args.port)
+    client.loop_start()
+    period = 1.0 / args.fps if args.fps else 0.0
+    last = None
+    for i in range(args.hand):
+        t0 = time.monotonic()
+        x = preprocess(load_image(files[i % len(files)]), spec)[None]
+        logits = sess.run(None, {name: x})[0][0]
+        e = np.exp(logits - logits.max())
+        p = e / e.sum()
+        top = np.argsort(-p)[:3]
+        body = json.dumps({"frame": i, "label": "class_%d" % top[0], "score": float(p[top[0]]),
+                           "top_k": [{"label": "class_%d" % j, "score": float(p[j])} for j in top]})
+        last = client.publish("hand/cam/result", body, qos=1)
+        if period:
+            time.sleep(max(0.0, period - (time.monotonic() - t0)))
+    last.wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
+    return 0
+
+
+def measure(cmd, env=None):
+    """(CPU seconds, wall seconds) of one child process run to the end."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit("failed: %s\n%s" % (" ".join(cmd), proc.stderr.read().decode()[-2000:]))
+    return ru.ru_utime + ru.ru_stime, wall
+
+
+def per_frame(run, short: int, long: int, repeats: int):
+    """Median over repeats of (CPU ms per frame, frames per second), from two run lengths differenced."""
+    cpu, fps = [], []
+    for _ in range(repeats):
+        c1, w1 = run(short)
+        c2, w2 = run(long)
+        cpu.append(1000.0 * (c2 - c1) / (long - short))
+        fps.append((long - short) / max(1e-6, w2 - w1))
+    return statistics.median(cpu), statistics.median(fps)
+
+
+def agent_config(work, pkg, images, port, threads, fps):
+    import yaml
+
+    cfg = {"device_id": "bench", "package": pkg, "runtime": "onnxruntime", "runtime_options": {"threads": threads},
+           "cameras": [{"name": "cam", "source": {"type": "folder", "path": images, "fps": fps, "loop": True}}],
+           "mqtt": {"host": "127.0.0.1", "port": port}, "outbox": {"path": os.path.join(work, "outbox.db")},
+           "samples": {"enabled": False}, "stats": {"interval": 60}}
+    path = os.path.join(work, "agent-%d-%g.yaml" % (threads, fps))
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return path
+
+
+def make_images(folder, n=60):
+    import numpy as np
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        yy, xx = np.mgrid[0:480, 0:640]
+        img = np.stack([(xx * rng.uniform(0.1, 1) + i) % 256, (yy * rng.uniform(0.1, 1)) % 256,
+                        ((xx + yy) * rng.uniform(0.1, 1)) % 256], axis=2).astype(np.uint8)
+        Image.fromarray(img).save(os.path.join(folder, "f%03d.jpg" % i), quality=85)
+    return folder
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--short", type=int, default=150)
+    ap.add_argument("--long", type=int, default=450)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rates", default="30,0", help="camera fps; 0: as fast as possible")
+    ap.add_argument("--hand", type=int, help=argparse.SUPPRESS)  # child mode: run the hand loop for N frames
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--images", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--fps", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--threads-child", dest="threads_child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.hand:
+        args.threads = args.threads_child
+        return hand_loop(args)
+
+    import mobilenetv2
+    from edgesight.calibration.preprocess import PreprocessSpec
+    from edgesight.converters.package_builder import create_fp32_package
+    from support.mqtt import Broker
+
+    work = tempfile.mkdtemp(prefix="edgesight-bench-loop-")
+    broker = Broker(os.path.join(work, "broker"), save_every_change=False).start()
+    try:
+        model = mobilenetv2.build(os.path.join(work, "mobilenetv2.fp32.onnx"))
+        spec = PreprocessSpec(size=(224, 224), resize="letterbox", color="rgb", mean=(0.485, 0.456, 0.406),
+                              std=(0.229, 0.224, 0.225), layout="nchw")
+        pkg = create_fp32_package(model, ["class_%d" % i for i in range(1000)], spec, os.path.join(work, "pkg"),
+                                  name="mobilenetv2").root
+        images = make_images(os.path.join(work, "frames"))
+        print("MobileNetV2 FP32 224x224 on ONNX Runtime, 640x480 JPEG folder, %d cores; N = %d and %d frames "
+              "differenced, median of %d" % (os.cpu_count(), args.short, args.long, args.repeats))
+        print("%-8s %7s %14s %14s %8s %10s %10s %8s" % ("camera", "threads", "loop CPU ms/f", "agent CPU ms/f",
+                                                       "x loop", "loop fps", "agent fps", "x loop"))
+        for threads in [int(t) for t in args.threads.split(",")]:
+            for rate in [float(r) for r in args.rates.split(",")]:
+                def hand(n, threads=threads, rate=rate):
+                    return measure([sys.executable, os.path.abspath(__file__), "--hand", str(n), "--model", model,
+                                    "--images", images, "--port", str(broker.port), "--fps", str(rate),
+                                    "--threads-child", str(threads)])
+
+                cfg = agent_config(work, pkg, images, broker.port, threads, rate or 1000.0)
+
+                def agent(n, cfg=cfg):
+                    if os.path.exists(os.path.join(work, "outbox.db")):
+                        for suffix in ("", "-wal", "-shm"):
+                            if os.path.exists(os.path.join(work, "outbox.db" + suffix)):
+                                os.unlink(os.path.join(work, "outbox.db" + suffix))
+                    return measure([sys.executable, "-m", "edgesight", "agent", "--config", cfg, "--max-frames",
+                                    str(n)])
+
+                hc, hf = per_frame(hand, args.short, args.long, args.repeats)
+                ac, af = per_frame(agent, args.short, args.long, args.repeats)
+                print("%-8s %7d %14.2f %14.2f %8.2f %10.1f %10.1f %8.2f" % (
+                    "%g fps" % rate if rate else "max", threads, hc, ac, ac / hc, hf, af, af / hf), flush=True)
+    finally:
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
