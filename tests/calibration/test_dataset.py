@@ -121,3 +121,32 @@ def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
     sixteen = load_image(str(tmp_path / "d16.png"))
     assert sixteen.dtype == np.uint8 and sixteen.shape == eight.shape
     assert abs(float(sixteen.mean()) - float(gray.mean())) < 0.5, (sixteen.mean(), gray.mean())
+
+
+def test_jpegs_decoded_by_opencv_are_the_pixels_pillow_gives(tmp_path):
+    """The OpenCV fast path for plain JPEGs must give exactly Pillow's pixels (RGB, grey, odd sizes, the field
+    set), and an EXIF-rotated or CMYK JPEG stays with Pillow."""
+    import glob
+
+    from PIL import Image
+
+    from edgesight.calibration import images
+
+    pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    made = []
+    for i, (mode, size) in enumerate([("RGB", (640, 480)), ("L", (333, 217)), ("RGB", (31, 17)),
+                                      ("CMYK", (64, 48))]):
+        arr = rng.integers(0, 256, (size[1], size[0], 4 if mode == "CMYK" else 3), dtype=np.uint8)
+        img = Image.fromarray(arr[:, :, :4] if mode == "CMYK" else arr, "CMYK" if mode == "CMYK" else "RGB")
+        path = str(tmp_path / ("f%d.jpg" % i))
+        (img if mode != "L" else img.convert("L")).save(path, quality=80)
+        made.append(path)
+    field = sorted(glob.glob(os.path.join(EXAMPLE, "images", "field", "test", "*", "*.jpg")))[::25]
+    assert len(field) >= 50
+    for path in made + field:
+        with Image.open(path) as im:
+            want = images.to_rgb8(im)
+        got = images.load_image(path)
+        assert got.dtype == np.uint8 and got.shape == want.shape and np.array_equal(got, want), path
+    assert images._cv2_jpeg(made[0]) is not None  # the fast path is really taken for a plain JPEG
