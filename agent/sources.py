@@ -140,6 +140,7 @@ class OpenCVSource(Source):
         self.decoded = 0  # of those, decoded (the ones the pipeline took)
         self._lock = threading.Lock()  # grab (capture thread) and retrieve (taking thread) on one VideoCapture
         self._last: Optional[Grabbed] = None
+        self._decoded_seq = 0  # seq of the last frame retrieved: never hand the same frame on twice
 
     def open(self) -> None:
         cv2 = _cv2()
@@ -191,10 +192,11 @@ class OpenCVSource(Source):
             return item
         t0 = time.perf_counter()
         with self._lock:  # the frame retrieved is the latest grabbed: never older than the one asked for
-            if self._cap is None or self._last is None:
-                return None
+            if self._cap is None or self._last is None or self._last.seq <= self._decoded_seq:
+                return None  # (already decoded for an earlier take: the grab raced ahead of that take's decode)
             ok, img = self._cap.retrieve()
             last = self._last
+            self._decoded_seq = last.seq
         if not ok or img is None:
             log.warning("%s %s: a grabbed frame could not be decoded; dropped", self.kind, self.target)
             return None
