@@ -59,12 +59,18 @@ def calibration_of(fit: Dict[str, Any], folder: str) -> Calibration:
     th = fit.get("thresholds")
     return Calibration(temperature=round(fit["temperature"], 6), goal=fit.get("goal"),
                        thresholds=Thresholds(**th) if th else None,
-                       fitted_on={"folder": os.path.basename(os.path.normpath(folder))[:100], "images": fit["images"],
+                       fitted_on={"folder": _tail(folder), "images": fit["images"],
                                   "ece_before": round(fit["ece_before"], 6), "ece_after": round(fit["ece_after"], 6),
                                   "unmet": list(fit.get("unmet") or [])})
 
 
-def test_artifacts(outputs: Dict[str, np.ndarray], truth: np.ndarray, manifest: Manifest,
+def _tail(folder: str) -> str:
+    """The last two parts of a folder's path (``field/val``): names the set without the host's layout."""
+    parts = os.path.normpath(folder).replace(os.sep, "/").split("/")
+    return "/".join(p for p in parts[-2:] if p)[:200]
+
+
+def measure_on_test(outputs: Dict[str, np.ndarray], truth: np.ndarray, manifest: Manifest,
                    calibrations: Dict[str, Calibration]) -> Dict[str, Dict[str, Any]]:
     """Per artifact file: the measures on the test split with the temperature and thresholds a device would use."""
     out = {}
@@ -124,7 +130,7 @@ def calibrate_package(path: str, val: str, test: Optional[str], goal: Goal,
     if test:
         step("test images (reported only): %s" % test)
         test_set = ImageFolder(test).load(m.preprocess)
-        tests = test_artifacts(run_all(pkg, arts, test_set), labelled(test_set, m.labels, "--test"), m, cals)
+        tests = measure_on_test(run_all(pkg, arts, test_set), labelled(test_set, m.labels, "--test"), m, cals)
     write_manifest(pkg.root, with_artifacts(m, with_calibrations(m, cals)))
     rep = {"package": {"name": m.name, "version": m.version}, "labels": list(m.labels),
            "confidence": section(fits, tests, goal, val, test)}

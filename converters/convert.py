@@ -256,7 +256,7 @@ def _confidence(opts: ConvertOptions, inp: _Inputs, artifacts: List[Dict[str, An
             if a["file"] in checked.outputs]
         outs = {f: validate.run_artifact(path, rt, layout, test_set.tensors, inp.spec.layout, 0).outputs
                 for f, path, rt, layout in runs}
-        tests = calibrate.test_artifacts(outs, test_truth, m, cals)
+        tests = calibrate.measure_on_test(outs, test_truth, m, cals)
     return calibrate.section(fits, tests, opts.goal, opts.val, opts.test), cals
 
 
