@@ -52,6 +52,22 @@ def edgesight(*args) -> subprocess.CompletedProcess:
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def camera_frames(field: str, work: str) -> str:
+    """field/test as a camera sees it: the classes mixed (a folder camera plays files in name order, and the field
+    set is sorted by class), links in a fixed shuffled order."""
+    import random
+
+    from edgesight.calibration.images import list_images
+
+    files = [p for p, _ in list_images(os.path.join(field, "test"))]
+    random.Random(0).shuffle(files)
+    out = os.path.join(work, "camera")
+    os.makedirs(out)
+    for i, path in enumerate(files):
+        os.symlink(os.path.abspath(path), os.path.join(out, "frame_%04d.jpg" % i))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=300)
@@ -123,7 +139,7 @@ def main() -> int:
     time.sleep(1.0)
 
     cfg = {"device_id": "demo-cam-01", "package": pkg, "runtime": "auto",
-           "cameras": [{"name": "front", "source": {"type": "folder", "path": os.path.join(field, "test"),
+           "cameras": [{"name": "front", "source": {"type": "folder", "path": camera_frames(field, work),
                                                     "fps": 40, "loop": True}}],
            "thresholds": {"hysteresis": 2},  # the fitted per-class thresholds from the package
            "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min": 1, "reconnect_max": 2},
