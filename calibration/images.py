@@ -4,8 +4,9 @@ Pillow reads every format. A plain 8-bit RGB or grey JPEG without an EXIF rotati
 when it is installed: the same libjpeg-turbo decode and the same pixels (tests/calibration/test_dataset.py checks
 equality), without Pillow's slow copy into numpy (0.7 ms instead of 2.9 ms for a 640x480 frame here). Pillow still
 reads the header first, so the size bound and the format checks are the same either way."""
+import functools
 import os
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -22,18 +23,21 @@ def _pil():
 
 
 MAX_PIXELS = 100_000_000
-_CV2: List = []  # [cv2 module or None], looked up once
+
+
+@functools.lru_cache(maxsize=None)
+def _cv2_module() -> Any:
+    """OpenCV, or None when it is not installed (looked up once)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
 
 
 def _cv2_jpeg(path: str) -> Optional[np.ndarray]:
     """The OpenCV decode of a JPEG as HxWx3 uint8 RGB, or None when OpenCV is not installed or cannot read it."""
-    if not _CV2:
-        try:
-            import cv2
-        except ImportError:
-            cv2 = None
-        _CV2.append(cv2)
-    cv2 = _CV2[0]
+    cv2 = _cv2_module()
     if cv2 is None:
         return None
     rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV 4.10+: libjpeg writes RGB, no conversion pass

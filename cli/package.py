@@ -130,7 +130,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from ..calibration.preprocess import preprocess_batch, to_layout
     from ..runtimes.evaluate import accuracy, evaluate
     from ..runtimes.package import Choice, ModelPackage
-    from ..runtimes.postprocess import accepted, to_probabilities, top_k
+    from ..runtimes.postprocess import accepted_rows, to_probabilities, top_k
     from ..runtimes.registry import is_installed
 
     pkg = ModelPackage.load(args.package)
@@ -158,8 +158,7 @@ def run_classify(args: argparse.Namespace) -> int:
         cal = art.calibration
         probs = to_probabilities(ev.outputs, pkg.manifest.output, cal.temperature if cal else 1.0)
         top1 = probs.argmax(axis=1)
-        default, per_class = pkg.manifest.thresholds_for(cal)
-        ok = accepted(probs.max(axis=1), np.array([per_class.get(lbl, default) for lbl in pkg.labels])[top1])
+        ok = accepted_rows(probs, pkg.labels, *pkg.manifest.thresholds_for(cal))
         results.append({
             "runtime": choice.runtime, "artifact": art.file, "precision": art.precision, "images": len(items),
             "calibrated": cal is not None, "accepted": float(ok.mean()),

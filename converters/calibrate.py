@@ -6,15 +6,16 @@ manifest as each artifact's ``calibration``; the measures go into the report's `
 """
 import logging
 import os
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..calibration.dataset import ImageFolder, LoadedSet, label_indices
+from ..calibration.preprocess import PreprocessSpec
 from ..errors import ConfigError
-from ..runtimes.manifest import Artifact, Calibration, Manifest, Thresholds
+from ..runtimes.manifest import Calibration, Manifest, Thresholds
 from ..runtimes.package import ModelPackage
-from ..runtimes.package_write import with_artifacts, write_manifest
+from ..runtimes.package_write import with_artifacts, with_calibrations, write_manifest
 from ..runtimes.registry import is_installed
 from . import confidence, report
 from .validate import run_artifact
@@ -40,19 +41,18 @@ class Goal(NamedTuple):
         return self
 
 
+def load_labelled(folder: str, spec: PreprocessSpec, labels: Sequence[str], flag: str) -> Tuple[LoadedSet, np.ndarray]:
+    """The images of ``folder`` and their class indices; refused (naming ``flag``) when not labelled by class."""
+    data = ImageFolder(folder).load(spec)
+    return data, labelled(data, labels, flag)
+
+
 def labelled(folder: LoadedSet, labels: Sequence[str], flag: str) -> np.ndarray:
     truth = label_indices(folder.samples, labels)
     if truth is None:
         raise ConfigError("confidence is fitted on labelled images: one sub-folder per class, named as the labels "
                           "(%s)" % ", ".join(list(labels)[:12]), field=flag)
     return truth
-
-
-def fit_artifacts(outputs: Dict[str, np.ndarray], truth: np.ndarray, labels: Sequence[str], kind: str, goal: Goal,
-                  default_threshold: float) -> Dict[str, Dict[str, Any]]:
-    """Per artifact file: everything :func:`confidence.calibrate` fits on its validation outputs."""
-    return {f: confidence.calibrate(out, truth, labels, kind, goal.target_precision, goal.target_coverage,
-                                    goal.confidence, default_threshold) for f, out in outputs.items()}
 
 
 def calibration_of(fit: Dict[str, Any], folder: str) -> Calibration:
@@ -71,7 +71,7 @@ def _tail(folder: str) -> str:
 
 
 def measure_on_test(outputs: Dict[str, np.ndarray], truth: np.ndarray, manifest: Manifest,
-                   calibrations: Dict[str, Calibration]) -> Dict[str, Dict[str, Any]]:
+                    calibrations: Dict[str, Calibration]) -> Dict[str, Dict[str, Any]]:
     """Per artifact file: the measures on the test split with the temperature and thresholds a device would use."""
     out = {}
     for f, o in outputs.items():
@@ -82,58 +82,53 @@ def measure_on_test(outputs: Dict[str, np.ndarray], truth: np.ndarray, manifest:
     return out
 
 
-def section(fits: Dict[str, Dict[str, Any]], tests: Dict[str, Dict[str, Any]], goal: Goal, val: str,
-            test: Optional[str]) -> Dict[str, Any]:
-    """The report's ``confidence`` section."""
-    return {"goal": fits and next(iter(fits.values())).get("goal"), "confidence": goal.confidence,
-            "validation_set": val, "test_set": test,
-            "artifacts": {f: dict(fit=fits[f], test=tests.get(f)) for f in fits}}
+Run = Tuple[str, str, str, Optional[str]]  # artifact file, its path, runtime, layout
 
 
-def runnable(pkg: ModelPackage) -> List[Artifact]:
-    """The artifacts this machine can run (a TensorRT engine needs its Jetson: it keeps its ONNX's calibration)."""
-    return [a for a in pkg.manifest.artifacts if a.runtime != "tensorrt" and is_installed(a.runtime)]
+def outputs_of(runs: Sequence[Run], data: LoadedSet, spec_layout: str) -> Dict[str, np.ndarray]:
+    """Each artifact's outputs on ``data`` (fed in its own layout, as the device feeds it)."""
+    return {f: run_artifact(path, rt, layout, data.tensors, spec_layout, 0).outputs for f, path, rt, layout in runs}
 
 
-def run_all(pkg: ModelPackage, arts: Sequence[Artifact], data: LoadedSet) -> Dict[str, np.ndarray]:
-    layout = pkg.preprocess.layout
-    return {a.file: run_artifact(pkg.path(a), a.runtime, a.layout, data.tensors, layout, 0).outputs for a in arts}
-
-
-def with_calibrations(manifest: Manifest, calibrations: Dict[str, Calibration]) -> List[Artifact]:
-    """The manifest's artifacts with ``calibration`` set where fitted (an engine takes its source ONNX's)."""
-    arts = [a.model_copy(update={"calibration": calibrations[a.file]}) if a.file in calibrations else a
-            for a in manifest.artifacts]
-    source = [a.calibration for a in arts if a.builds_tensorrt_engine and a.calibration is not None]
-    return [a.model_copy(update={"calibration": source[0]}) if a.runtime == "tensorrt" and source else a
-            for a in arts]
-
-
-def calibrate_package(path: str, val: str, test: Optional[str], goal: Goal,
-                      step: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
-    """``edgesight calibrate``: fit every runnable artifact of the package at ``path`` on ``val``, report on
-    ``test``, rewrite its manifest, and write ``calibration.json`` / ``calibration.html`` beside it."""
-    goal.check()
-    pkg = ModelPackage.load(path)
-    arts = runnable(pkg)
-    if not arts:
-        raise ConfigError("no artifact of this package runs here (install edgesight[onnx] or edgesight[tflite])",
-                          file=path, field="artifacts")
-    m = pkg.manifest
-    step("validation images: %s" % val)
-    val_set = ImageFolder(val).load(m.preprocess)
-    truth = labelled(val_set, m.labels, "--val")
-    step("fitting %d artifact(s) on %d images" % (len(arts), len(truth)))
-    fits = fit_artifacts(run_all(pkg, arts, val_set), truth, m.labels, m.output, goal, m.thresholds.default)
+def fit_and_report(outputs: Dict[str, np.ndarray], truth: np.ndarray, manifest: Manifest, goal: Goal, val: str,
+                   test: Optional[str], runs: Sequence[Run], step: Callable[[str], None]
+                   ) -> Tuple[Dict[str, Any], Dict[str, Calibration]]:
+    """Fit every artifact on its validation ``outputs``; with ``test``, run ``runs`` over those images and measure
+    there. The report's ``confidence`` section and the calibration per artifact file."""
+    fits = {f: confidence.calibrate(out, truth, manifest.labels, manifest.output, goal.target_precision,
+                                    goal.target_coverage, goal.confidence) for f, out in outputs.items()}
     cals = {f: calibration_of(fit, val) for f, fit in fits.items()}
     tests: Dict[str, Dict[str, Any]] = {}
     if test:
         step("test images (reported only): %s" % test)
-        test_set = ImageFolder(test).load(m.preprocess)
-        tests = measure_on_test(run_all(pkg, arts, test_set), labelled(test_set, m.labels, "--test"), m, cals)
-    write_manifest(pkg.root, with_artifacts(m, with_calibrations(m, cals)))
-    rep = {"package": {"name": m.name, "version": m.version}, "labels": list(m.labels),
-           "confidence": section(fits, tests, goal, val, test)}
+        data, test_truth = load_labelled(test, manifest.preprocess, manifest.labels, "--test")
+        tests = measure_on_test(outputs_of(runs, data, manifest.preprocess.layout), test_truth, manifest, cals)
+    section = {"goal": next(iter(fits.values())).get("goal") if fits else None, "confidence": goal.confidence,
+               "validation_set": val, "test_set": test,
+               "artifacts": {f: dict(fit=fits[f], test=tests.get(f)) for f in fits}}
+    return section, cals
+
+
+def calibrate_package(path: str, val: str, test: Optional[str], goal: Goal,
+                      step: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+    """``edgesight calibrate``: fit every artifact of the package at ``path`` that runs here on ``val``, report on
+    ``test``, rewrite its manifest, and write ``calibration.json`` / ``calibration.html`` beside it. (A TensorRT
+    engine needs its Jetson: it keeps the calibration of the ONNX it is built from.)"""
+    goal.check()
+    pkg = ModelPackage.load(path)
+    m = pkg.manifest
+    runs = [(a.file, pkg.path(a), a.runtime, a.layout) for a in m.artifacts
+            if a.runtime != "tensorrt" and is_installed(a.runtime)]
+    if not runs:
+        raise ConfigError("no artifact of this package runs here (install edgesight[onnx] or edgesight[tflite])",
+                          file=path, field="artifacts")
+    step("validation images: %s" % val)
+    val_set, truth = load_labelled(val, m.preprocess, m.labels, "--val")
+    step("fitting %d artifact(s) on %d images" % (len(runs), len(truth)))
+    section, cals = fit_and_report(outputs_of(runs, val_set, m.preprocess.layout), truth, m, goal, val, test, runs,
+                                   step)
+    write_manifest(pkg.root, with_artifacts(m, with_calibrations(m.artifacts, cals)))
+    rep = {"package": {"name": m.name, "version": m.version}, "labels": list(m.labels), "confidence": section}
     report.write_json(rep, os.path.join(pkg.root, "calibration.json"))
     report.write_confidence_html(rep, os.path.join(pkg.root, "calibration.html"))
     return rep

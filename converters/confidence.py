@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import ConversionError, require_module
-from ..runtimes.postprocess import NEVER, accepted, to_logits, to_probabilities
+from ..runtimes.postprocess import NEVER, accepted_rows, to_logits, to_probabilities
 
 BINS = 15
 GRID = tuple(float(v) for v in np.round(1.0 - np.geomspace(1e-4, 0.7, 80), 6))  # 0.9999 down to 0.3
@@ -97,11 +97,12 @@ def fit_precision_thresholds(probs: np.ndarray, truth: np.ndarray, labels: Seque
     truth = np.asarray(truth)
     need = min_accepted(target, confidence)
     delta = 1.0 - confidence
+    strict_first = sorted(grid, reverse=True)
     thresholds, unmet = {}, []
     for c, label in enumerate(labels):
         mine = pred == c
         chosen = None
-        for lam in sorted(grid, reverse=True):
+        for lam in strict_first:
             acc = mine & (conf >= lam)
             n = int(acc.sum())
             if n < need:
@@ -127,21 +128,12 @@ def fit_coverage_threshold(probs: np.ndarray, coverage: float) -> float:
     return float(np.clip(conf[min(k, len(conf) - 1)], 0.0, NEVER))
 
 
-def accepted_mask(probs: np.ndarray, labels: Sequence[str], default: float, per_class: Dict[str, float]
-                  ) -> np.ndarray:
-    """Which images the device would accept: top-1 score >= its class threshold (1.0 accepts nothing)."""
-    pred = np.asarray(probs).argmax(axis=1)
-    conf = np.asarray(probs).max(axis=1)
-    th = np.array([per_class.get(label, default) for label in labels])[pred]
-    return accepted(conf, th)
-
-
 def selective(probs: np.ndarray, truth: np.ndarray, labels: Sequence[str], default: float,
               per_class: Dict[str, float]) -> Dict[str, Any]:
     """Precision of the accepted results and coverage (share accepted), overall and per predicted class."""
     pred = np.asarray(probs).argmax(axis=1)
     truth = np.asarray(truth)
-    acc = accepted_mask(probs, labels, default, per_class)
+    acc = accepted_rows(probs, labels, default, per_class)
     right = pred == truth
 
     def share(a: np.ndarray, b: np.ndarray) -> Optional[float]:
@@ -172,8 +164,8 @@ def risk_coverage(probs: np.ndarray, truth: np.ndarray, points: int = 21) -> Lis
 
 
 def calibrate(outputs: np.ndarray, truth: np.ndarray, labels: Sequence[str], kind: str,
-              target_precision: Optional[float], target_coverage: Optional[float], confidence: float,
-              default_threshold: float) -> Dict[str, Any]:
+              target_precision: Optional[float], target_coverage: Optional[float], confidence: float
+              ) -> Dict[str, Any]:
     """Everything fitted for one artifact on labelled validation outputs: the temperature, ECE before and after,
     reliability before and after, and the thresholds for the goal (None: the package's thresholds stay)."""
     truth = np.asarray(truth, dtype=np.int64)

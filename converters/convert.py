@@ -17,7 +17,7 @@ from ..calibration.preprocess import PreprocessSpec, chw
 from ..errors import ConfigError, EdgesightError
 from ..runtimes.manifest import Artifact
 from ..runtimes.package import ModelPackage
-from ..runtimes.package_write import with_artifacts, write_manifest
+from ..runtimes.package_write import with_artifacts, with_calibrations, write_manifest
 from . import calibrate, onnx_quant, report, targets, validate
 from .onnx_model import OnnxInterface, read_interface
 from .package_builder import create_fp32_package
@@ -244,20 +244,11 @@ def _confidence(opts: ConvertOptions, inp: _Inputs, artifacts: List[Dict[str, An
         return {"skipped": "not calibrated: %s" % why}, {}
     progress.step("confidence: fitting %d artifact(s) on %d labelled images" % (len(checked.outputs), len(truth)))
     m = inp.pkg.manifest
-    fits = calibrate.fit_artifacts(checked.outputs, truth, inp.labels, opts.output, opts.goal, opts.threshold)
-    cals = {f: calibrate.calibration_of(fit, opts.val) for f, fit in fits.items()}
-    tests: Dict[str, Any] = {}
-    if opts.test:
-        progress.step("confidence: test images (reported only): %s" % opts.test)
-        test_set = ImageFolder(opts.test).load(inp.spec)
-        test_truth = calibrate.labelled(test_set, inp.labels, "--test")
-        runs = [(m.source.file, inp.pkg.path(m.source), "onnxruntime", inp.spec.layout)] + [
-            (a["file"], os.path.join(opts.out, a["file"]), a["runtime"], a["layout"]) for a in artifacts
-            if a["file"] in checked.outputs]
-        outs = {f: validate.run_artifact(path, rt, layout, test_set.tensors, inp.spec.layout, 0).outputs
-                for f, path, rt, layout in runs}
-        tests = calibrate.measure_on_test(outs, test_truth, m, cals)
-    return calibrate.section(fits, tests, opts.goal, opts.val, opts.test), cals
+    runs = [(m.source.file, inp.pkg.path(m.source), "onnxruntime", inp.spec.layout)] + [
+        (a["file"], os.path.join(opts.out, a["file"]), a["runtime"], a["layout"]) for a in artifacts
+        if a["file"] in checked.outputs]
+    return calibrate.fit_and_report(checked.outputs, truth, m, opts.goal, opts.val, opts.test, runs,
+                                    lambda s: progress.step("confidence: " + s))
 
 
 def tool_versions() -> Dict[str, Optional[str]]:
@@ -276,10 +267,10 @@ def tool_versions() -> Dict[str, Optional[str]]:
 
 def _write(out: str, pkg: ModelPackage, artifacts: List[Dict[str, Any]], rep: Dict[str, Any], passed: bool,
            truth: Any, calibrations: Dict[str, Any]) -> None:
-    arts = [a.model_copy(update={"calibration": calibrations.get(a.file)}) for a in pkg.manifest.artifacts] + [
-        Artifact(runtime=a["runtime"], file=a["file"], precision=a["precision"], sha256=a["sha256"],
-                 layout=a["layout"], profile=a.get("profile"), built_for=a.get("built_for"), io=a.get("io"),
-                 validation=validate.summary(a), calibration=calibrations.get(a["file"])) for a in artifacts]
+    arts = with_calibrations(list(pkg.manifest.artifacts) + [Artifact(
+        runtime=a["runtime"], file=a["file"], precision=a["precision"], sha256=a["sha256"], layout=a["layout"],
+        profile=a.get("profile"), built_for=a.get("built_for"), io=a.get("io"), validation=validate.summary(a))
+        for a in artifacts], calibrations)
     write_manifest(out, with_artifacts(pkg.manifest, arts, validation={
         "report": "report.json", "images": rep["fp32"]["metrics"]["images"], "labelled": truth is not None,
         "fp32_top1": rep["fp32"]["metrics"].get("top1"), "passed": passed,

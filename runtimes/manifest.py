@@ -156,15 +156,13 @@ class Manifest(_Strict):
 
     @model_validator(mode="after")
     def _thresholds_name_labels(self) -> "Manifest":
-        unknown = unknown_labels(self.thresholds.per_class, self.labels)
-        if unknown:
-            raise ValueError("thresholds.per_class names classes that are not in labels: %s" % ", ".join(unknown))
-        for i, a in enumerate(self.artifacts):
-            fitted = a.calibration.thresholds if a.calibration is not None else None
-            unknown = unknown_labels(fitted.per_class, self.labels) if fitted is not None else []
+        named = [("thresholds", self.thresholds)] + [
+            ("artifacts[%d].calibration.thresholds" % i, a.calibration.thresholds) for i, a in enumerate(self.artifacts)
+            if a.calibration is not None and a.calibration.thresholds is not None]
+        for where, t in named:  # the package's thresholds and every artifact's fitted ones
+            unknown = unknown_labels(t.per_class, self.labels)
             if unknown:
-                raise ValueError("artifacts[%d].calibration.thresholds.per_class names classes that are not in "
-                                 "labels: %s" % (i, ", ".join(unknown)))
+                raise ValueError("%s.per_class names classes that are not in labels: %s" % (where, ", ".join(unknown)))
         return self
 
     def thresholds_for(self, calibration: Optional[Calibration]) -> Tuple[float, Dict[str, float]]:

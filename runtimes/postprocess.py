@@ -1,5 +1,5 @@
 """Pure functions from model output to class scores (shared by the agent, validation and the CLI)."""
-from typing import Any, List, NamedTuple, Sequence
+from typing import Any, List, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -43,6 +43,15 @@ def accepted(score: Any, threshold: Any) -> Any:
     """THE acceptance rule (agent, classify, the converter's confidence report): top-1 score at or above its class
     threshold, and a threshold of 1.0 accepts nothing. Scalars or numpy arrays."""
     return np.logical_and(np.asarray(score) >= threshold, np.asarray(threshold) < NEVER)
+
+
+def accepted_rows(probs: np.ndarray, labels: Sequence[str], default: float, per_class: Mapping[str, float]
+                  ) -> np.ndarray:
+    """Per row of scores: would the device accept its top-1, at that class's threshold (``default`` for the
+    classes ``per_class`` does not name)?"""
+    p = np.asarray(probs)
+    th = np.array([per_class.get(label, default) for label in labels])[p.argmax(axis=1)]
+    return accepted(p.max(axis=1), th)
 
 
 def top_k(scores: np.ndarray, labels: Sequence[str], k: int = 3) -> List[Prediction]:

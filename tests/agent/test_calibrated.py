@@ -1,7 +1,8 @@
 """The agent follows the package's calibration: scores are softmax(logits / T), each class runs at its fitted
 threshold (1.0: never accepted), agent.yaml still overrides per class, and every result and stats message says
-whether it is calibrated. A real runtime and outbox for the pipeline, a real broker for the agent. The calibration
-is written into a copy of the example package here (no scipy: this runs on the device Pythons too)."""
+whether it is calibrated. A real broker for the agent (the pipeline's own temperature test is in test_pipeline.py).
+The calibration is written into a copy of the example package here (no scipy: this runs on the device Pythons
+too)."""
 import os
 import shutil
 
@@ -11,7 +12,6 @@ import pytest
 from edgesight.agent.pipeline import ModelView
 from edgesight.agent.service import Agent
 from edgesight.agent.config import load_config
-from edgesight.calibration.dataset import ImageFolder
 from edgesight.runtimes import load_package
 from edgesight.runtimes.manifest import Calibration, Thresholds
 from edgesight.runtimes.package_write import with_artifacts, write_manifest
@@ -93,51 +93,3 @@ def test_results_carry_calibrated_scores_and_fitted_thresholds_through_the_broke
     assert stats[-1]["calibrated"] is True
     share = stats[-1]["uncertain_share"]
     assert share["one"] == 1.0 and 0.0 <= share.get("two", 0.0) < 1.0
-
-
-def test_the_pipeline_scores_are_softmax_of_logits_over_the_temperature(calibrated, tmp_path):
-    import random
-
-    from edgesight.agent.outbox import Outbox
-    from edgesight.agent.pipeline import FramePipeline, Settings
-    from edgesight.agent.policy import PolicyManager
-    from edgesight.agent.prefetch import Prepared
-    from edgesight.agent.sources import Frame
-    from edgesight.agent.telemetry import Telemetry
-    from edgesight.agent.config import CameraConfig
-    from edgesight.calibration.images import load_image
-    from edgesight.calibration.preprocess import preprocess
-    from edgesight.contract.policy import SamplingPolicy
-    import json
-    import time
-
-    pkg = load_package(calibrated)
-    path = sorted(p for p, _ in ImageFolder(FIELD_TEST).samples)[0]
-    with pkg.open_runtime("onnxruntime", input_layout="native") as rt:
-        x = preprocess(load_image(path), pkg.preprocess_for(rt))[None]
-        logits = next(iter(rt.infer(x).values()))
-        outbox = Outbox(str(tmp_path / "outbox.db"))
-        policy = PolicyManager(SamplingPolicy(max_per_minute=None, min_gap=0, dedup={"enabled": False}), "dev1",
-                               "edgesight", outbox)
-        view = ModelView(pkg.labels, "logits", {"name": "digits-cnn", "version": "1.0.0", "sha256": "0" * 12,
-                                                "artifact": "model.fp32.onnx", "runtime": "onnxruntime"},
-                         TEMPERATURE, True)
-        pipe = FramePipeline(rt, view, Settings("dev1", "edgesight", 3, 1.0, FITTED), [CameraConfig(
-            name="front", source={"type": "folder", "path": FIELD_TEST})], outbox, policy,
-            Telemetry("dev1", "edgesight", [], outbox, None, None, policy, True), rng=random.Random(0))
-        img = load_image(path)
-        pipe.process(Prepared("front", Frame(img, "rgb", time.time(), 0), x, 0.1))
-    row = [json.loads(bytes(p)) for p in outbox_payloads(str(tmp_path / "outbox.db"), "result")][0]
-    expect = to_probabilities(logits, "logits", TEMPERATURE)[0]
-    assert row["score"] == pytest.approx(float(expect.max()), abs=1e-5) and row["calibrated"] is True
-    assert float(expect.max()) != pytest.approx(float(to_probabilities(logits, "logits")[0].max()), abs=1e-4)
-
-
-def outbox_payloads(path, kind):
-    import sqlite3
-
-    db = sqlite3.connect(path)
-    try:
-        return [r[0] for r in db.execute("SELECT payload FROM outbox WHERE kind = ?", (kind,))]
-    finally:
-        db.close()

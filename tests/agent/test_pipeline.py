@@ -38,7 +38,7 @@ def model():
 
 
 def make(model, tmp_path, threshold=0.8, per_class=None, hysteresis=1, policy=None, masks=None,
-         publish_mode="every_frame", mask_units="pixels"):
+         publish_mode="every_frame", mask_units="pixels", temperature=1.0, calibrated=False):
     pkg, rt = model
     outbox = Outbox(str(tmp_path / "outbox.db"))
     policy_mgr = PolicyManager(policy or SamplingPolicy(max_per_minute=None, min_gap=0, dedup={"enabled": False}),
@@ -48,7 +48,7 @@ def make(model, tmp_path, threshold=0.8, per_class=None, hysteresis=1, policy=No
                          mask_units=mask_units)]
     view = ModelView(pkg.labels, pkg.manifest.output, {"name": "digits-cnn", "version": "1.0.0",
                                                         "sha256": "0123456789ab", "artifact": "model.fp32.onnx",
-                                                        "runtime": "onnxruntime"})
+                                                        "runtime": "onnxruntime"}, temperature, calibrated)
     settings = Settings("dev1", "edgesight", 3, threshold, per_class or {}, hysteresis, publish_mode, 0.0)
     pipe = FramePipeline(rt, view, settings, cams, outbox, policy_mgr, telemetry, rng=random.Random(0))
     return pipe, outbox, telemetry, pkg.preprocess_for(rt)
@@ -128,3 +128,18 @@ def test_privacy_mask_blacks_out_the_sample_and_quota_limits_it(model, tmp_path)
     h = img.shape[0]
     assert img[: h // 2 - 2].max() <= 8  # the masked top half is black (JPEG noise aside)
     assert img[h // 2 + 2:].max() > 100  # the digit below is still there
+
+
+def test_scores_are_softmax_of_the_logits_over_the_artifacts_temperature(model, tmp_path):
+    """A calibrated artifact: the pipeline's scores are softmax(logits / T), and results say calibrated."""
+    from edgesight.runtimes.postprocess import to_probabilities
+
+    pkg, rt = model
+    pipe, outbox, _, spec = make(model, tmp_path, threshold=1.0, temperature=1.7, calibrated=True)
+    item = next(frames("eight", 1, spec))
+    logits = next(iter(rt.infer(item.tensor).values()))
+    pipe.process(item)
+    _, row = committed(outbox, "result")[0]
+    expect = to_probabilities(logits, "logits", 1.7)[0]
+    assert row["score"] == pytest.approx(float(expect.max()), abs=1e-5) and row["calibrated"] is True
+    assert float(expect.max()) != pytest.approx(float(to_probabilities(logits, "logits")[0].max()), abs=1e-4)

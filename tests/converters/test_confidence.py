@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgesight.converters import confidence as C
-from edgesight.runtimes.postprocess import accepted, softmax, to_probabilities
+from edgesight.runtimes.postprocess import accepted, accepted_rows, softmax, to_probabilities
 
 LABELS = ["a", "b", "c", "d"]
 
@@ -83,7 +83,7 @@ def test_a_class_without_enough_images_gets_the_strictest_threshold_and_is_named
     probs, truth = selective_data(100, 2)  # 100 images cannot show precision 0.99 at confidence 0.9
     th, unmet = C.fit_precision_thresholds(probs, truth, LABELS, 0.99, 0.9)
     assert "a" in unmet and th["a"] == C.NEVER
-    assert not C.accepted_mask(probs, LABELS, 1.0, th).any()  # 1.0 accepts nothing, not even a score of 1.0
+    assert not accepted_rows(probs, LABELS, 1.0, th).any()  # 1.0 accepts nothing, not even a score of 1.0
     assert not accepted(1.0, 1.0) and accepted(0.9, 0.9) and not accepted(0.89, 0.9)
 
 
@@ -91,7 +91,7 @@ def test_coverage_threshold_accepts_at_least_the_share_asked():
     probs, truth = selective_data(1000, 3)
     for c in (0.3, 0.8, 1.0):
         t = C.fit_coverage_threshold(probs, c)
-        assert C.accepted_mask(probs, LABELS, t, {}).mean() >= c - 1e-9
+        assert accepted_rows(probs, LABELS, t, {}).mean() >= c - 1e-9
 
 
 def test_risk_coverage_is_the_error_rate_of_the_most_confident():
@@ -104,11 +104,11 @@ def test_risk_coverage_is_the_error_rate_of_the_most_confident():
 
 def test_calibrate_fits_everything_for_one_artifact():
     z, truth = sample_logits(4000, seed=5)
-    fit = C.calibrate(z * 3, truth, LABELS, "logits", 0.9, None, 0.9, 0.8)
+    fit = C.calibrate(z * 3, truth, LABELS, "logits", 0.9, None, 0.9)
     assert fit["temperature"] == pytest.approx(3.0, rel=0.1)
     assert fit["ece_after"] < fit["ece_before"]
     assert set(fit["thresholds"]["per_class"]) == set(LABELS) and fit["goal"].startswith("precision >= 0.9")
-    cov = C.calibrate(z * 3, truth, LABELS, "logits", None, 0.5, 0.9, 0.8)
+    cov = C.calibrate(z * 3, truth, LABELS, "logits", None, 0.5, 0.9)
     assert cov["thresholds"]["per_class"] == {} and 0 < cov["thresholds"]["default"] < 1
-    none = C.calibrate(z * 3, truth, LABELS, "logits", None, None, 0.9, 0.8)
+    none = C.calibrate(z * 3, truth, LABELS, "logits", None, None, 0.9)
     assert none["thresholds"] is None
