@@ -88,6 +88,13 @@ class ConversionError(EdgesightError):
     exit_code = 7
 
 
+class RolloutError(EdgesightError):
+    """A model rollout was refused or failed (a bad signature, pack or download; a device rejected the candidate or
+    rolled it back): ``edgesight deploy`` exits with it; the agent reports it on ``model/state`` and runs on."""
+
+    exit_code = 10
+
+
 class BrokerError(EdgesightError):
     """The MQTT broker cannot be reached (``edgesight collect``; the agent itself retries instead)."""
 

@@ -179,6 +179,28 @@ class MetricsConfig(_Strict):
     port: int = Field(9464, ge=0, le=65535)
 
 
+class ModelsConfig(_Strict):
+    """Model rollouts over MQTT (docs/rollout.md): where versions live and whose signatures the device trusts."""
+
+    dir: Optional[str] = Field(None, max_length=4096, description="versions, the active pointer, downloads; "
+                                                                   "default: models/ beside the outbox")
+    trusted_keys: List[str] = Field(default_factory=list, max_length=16, description="Ed25519 public key files")
+    allow_unsigned: bool = False
+    keep: int = Field(3, ge=1, le=100, description="versions kept on disk (the active one included)")
+    max_package_bytes: int = Field(2 << 30, ge=1 << 10, le=16 << 30, description="a larger package is refused")
+    download_timeout: float = Field(30.0, gt=0, le=3600, description="seconds a read may stall")
+    download_attempts: int = Field(5, ge=1, le=100, description="tries of a download (resumed with Range)")
+    backoff_max: float = Field(30.0, gt=0, le=3600, description="longest wait between tries, seconds")
+    shadow_share: float = Field(0.1, gt=0, le=1.0, description="share of the main loop's time the shadow model may "
+                                                               "use (1.0: every frame)")
+    crash_starts: int = Field(3, ge=1, le=100, description="starts within a health window before the next comes up "
+                                                          "on the previous model")
+    min_fps_ratio: float = Field(0.5, ge=0, le=1.0, description="after a swap, a frame rate below this share of the "
+                                                               "one before rolls back")
+    max_uncertain_increase: float = Field(0.3, ge=0, le=1.0, description="after a swap, an uncertain share this "
+                                                                        "much above the one before rolls back")
+
+
 class RuntimeOptions(_Strict):
     """Options per backend, each validated by the backend's own config class (beside its code). In YAML either
     ``runtime_options: {onnxruntime: {threads: 2}, tflite: {threads: 4}}`` or, for the one runtime named by
@@ -210,6 +232,7 @@ class AgentConfig(_Strict):
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     log_level: str = "info"
 
     @field_validator("runtime")
@@ -254,7 +277,8 @@ class AgentConfig(_Strict):
 
 # -- loading ---------------------------------------------------------------------------------------------------
 PATH_FIELDS = (("package",), ("engine_cache",), ("outbox", "path"), ("mqtt", "password_file"),
-               ("mqtt", "tls", "ca_file"), ("mqtt", "tls", "cert_file"), ("mqtt", "tls", "key_file"))
+               ("mqtt", "tls", "ca_file"), ("mqtt", "tls", "cert_file"), ("mqtt", "tls", "key_file"),
+               ("models", "dir"))
 
 
 def resolve_paths(data: Dict[str, Any], base: str) -> Dict[str, Any]:
@@ -273,6 +297,10 @@ def resolve_paths(data: Dict[str, Any], base: str) -> Dict[str, Any]:
         for part in loc[:-1]:
             holder = holder.get(part) if isinstance(holder, dict) else None
         fix(holder, loc[-1])
+    models = out.get("models")
+    keys = models.get("trusted_keys") if isinstance(models, dict) else None
+    for i in range(len(keys) if isinstance(keys, list) else 0):
+        fix(keys, i)  # type: ignore[arg-type]
     cameras = out.get("cameras")
     for cam in cameras if isinstance(cameras, list) else []:
         src = cam.get("source") if isinstance(cam, dict) else None
@@ -329,6 +357,15 @@ def check_files(cfg: AgentConfig, doc: Optional[configfile.Document] = None) -> 
     except ConfigError as exc:
         named = exc.file and exc.file not in exc.message
         _raise(doc, tuple(str(exc.field).split(".")), "%s: %s" % (exc.file, exc.message) if named else exc.message)
+    if cfg.models.trusted_keys:  # a key file that is not an Ed25519 public key is a config error now
+        from ..contract.signing import trusted
+
+        trusted(cfg.models.trusted_keys)
+
+
+def models_dir(cfg: AgentConfig) -> str:
+    """``models.dir``, else ``models/`` beside the outbox (the state directory)."""
+    return cfg.models.dir or os.path.join(os.path.dirname(os.path.abspath(cfg.outbox.path)), "models")
 
 
 def _raise(doc: Optional[configfile.Document], loc: Tuple[Any, ...], message: str) -> None:

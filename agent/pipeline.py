@@ -20,6 +20,7 @@ from .outbox import Outbox
 from .policy import PolicyManager
 from .prefetch import Prepared
 from .samples import jpeg_budget, jpeg_within
+from .shadow import Outcome
 from .sources import Frame
 from .telemetry import Telemetry
 
@@ -45,6 +46,14 @@ class Settings(NamedTuple):
     hysteresis: int = 1
     publish_mode: str = "every_frame"
     min_interval: float = 0.0
+
+
+def predict(rt: Runtime, model: ModelView, settings: Settings, tensor: np.ndarray) -> Outcome:
+    """A model's verdict on one preprocessed frame, with its own temperature and thresholds (the shadow's)."""
+    out = next(iter(rt.infer(tensor).values()))[0]
+    best = top_k(to_probabilities(out, model.output, model.temperature), model.labels, 1)[0]
+    threshold = decisions.threshold_for(best.label, settings.default_threshold, settings.per_class)
+    return Outcome(best.label, best.score, decisions.is_accepted(best.score, threshold))
 
 
 class Masks(object):
@@ -82,8 +91,13 @@ class FramePipeline(object):
     def topic(self, camera: str, kind: str) -> str:
         return topics.topic(self.settings.prefix, self.settings.device_id, camera, kind)
 
-    def process(self, item: Prepared) -> None:
-        """One preprocessed frame: inference, decisions, durable commit of what is published."""
+    def swap(self, rt: Runtime, model: ModelView, settings: Settings) -> None:
+        """Another model from the next frame on (a rollout's swap or rollback); states and gates carry over."""
+        self.rt, self.model, self.settings = rt, model, settings
+
+    def process(self, item: Prepared) -> Outcome:
+        """One preprocessed frame: inference, decisions, durable commit of what is published. Nothing is committed
+        before inference succeeded, so a frame whose inference failed can be run again on another model."""
         s, camera, frame, tel = self.settings, item.camera, item.frame, self.telemetry
         t0 = time.perf_counter()
         out = next(iter(self.rt.infer(item.tensor).values()))[0]
@@ -121,6 +135,7 @@ class FramePipeline(object):
         log.debug("%s frame %d: %s %.3f (%s), preprocessed in %.1f ms, inference to commit %.1f ms", camera,
                   frame.seq, best.label, best.score, "accepted" if accepted else "uncertain", item.preprocess_ms,
                   1000.0 * (t3 - t0))
+        return Outcome(best.label, best.score, accepted)
 
     def _maybe_sample(self, item: Prepared, best: Prediction, second: float, threshold: float, accepted: bool,
                       topk: List[Dict[str, Any]], result: Optional[payloads.Result]) -> None:

@@ -22,6 +22,7 @@ class Prepared(NamedTuple):
     frame: Frame
     tensor: np.ndarray  # the batch of one the runtime takes
     preprocess_ms: float
+    generation: int = 0  # which model's preprocessing made ``tensor`` (a swap bumps it)
 
 
 class Prefetch(SlotWorker):
@@ -30,9 +31,13 @@ class Prefetch(SlotWorker):
     def __init__(self, captures: List[Capture], prepare: Callable[[Frame], np.ndarray]) -> None:
         super().__init__("prefetch")
         self.captures = captures
-        self.prepare = prepare
+        self._prepare = (0, prepare)  # (generation, function): replaced as one at a model swap
         self.handed = 0  # prepared frames taken by the main loop
         self._next = 0  # round robin over cameras
+
+    def set_prepare(self, prepare: Callable[[Frame], np.ndarray], generation: int) -> None:
+        """Prepare frames for another model from now on; a frame prepared before carries the old generation."""
+        self._prepare = (generation, prepare)
 
     def _taken(self, item: Prepared) -> None:
         self.handed += 1  # (take() then wakes this thread to prepare the next one)
@@ -82,6 +87,7 @@ class Prefetch(SlotWorker):
                 continue
             self._next = (self._next + i + 1) % n
             t0 = time.perf_counter()
-            tensor = self.prepare(frame)
-            return Prepared(cap.name, frame, tensor, 1000.0 * (time.perf_counter() - t0))
+            generation, prepare = self._prepare
+            tensor = prepare(frame)
+            return Prepared(cap.name, frame, tensor, 1000.0 * (time.perf_counter() - t0), generation)
         return None

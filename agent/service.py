@@ -10,21 +10,26 @@ The work itself lives beside it: agent/pipeline.py (one frame), agent/policy.py 
 fleet), agent/telemetry.py (stats and metrics); runtimes/package.py decides which artifact runs.
 """
 import logging
+import os
 import queue
 import threading
 import time
-from typing import Any, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from ..calibration.preprocess import PreprocessSpec, preprocess
-from ..errors import InferenceError
+from ..contract.rollout import ModelRef
+from ..errors import EdgesightError, InferenceError
 from ..runtimes.base import Runtime
 from ..runtimes.package import Choice, ModelPackage
-from .config import AgentConfig, read_password
+from .config import AgentConfig, models_dir, read_password
+from .modelstore import ModelStore, Version
 from .mqtt import MqttLink, Publisher
 from .outbox import Outbox
-from .pipeline import FramePipeline, ModelView, Settings
+from .pipeline import FramePipeline, ModelView, Settings, predict
 from .policy import PolicyManager
-from .prefetch import Prefetch
+from .prefetch import Prefetch, Prepared
+from .rollout import Rollout
+from .shadow import Outcome
 from .sdnotify import Notifier
 from .sources import Capture, make_source
 from .telemetry import Telemetry
@@ -44,6 +49,27 @@ class _Parts(NamedTuple):
     telemetry: Telemetry
     pipeline: FramePipeline
     metrics: Any
+    rollout: Rollout
+
+
+class Loaded(NamedTuple):
+    """A model package opened on this device: what the pipeline runs, and which stored version it is."""
+
+    pkg: ModelPackage
+    choice: Choice
+    rt: Runtime
+    spec: PreprocessSpec  # the package's preprocessing, in the runtime's input layout
+    model: ModelView
+    version: Version
+
+
+def lower_thread_priority(nice: int = 10) -> None:
+    """This thread only (Linux: a thread's nice value is its own): a TensorRT engine build in the background must
+    not take the frames' CPU."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError) as exc:
+        log.debug("cannot lower the thread's priority: %s", exc)
 
 
 class Agent(object):
@@ -51,49 +77,92 @@ class Agent(object):
         self.cfg = cfg
         self.notifier = notifier or Notifier()
         self.drain_timeout = drain_timeout
-        self.pkg: Optional[ModelPackage] = None
-        self.choice: Optional[Choice] = None
-        self.rt: Optional[Runtime] = None
-        self.spec: Optional[PreprocessSpec] = None  # the package's preprocessing, in the runtime's input layout
-        self.model: Optional[ModelView] = None
+        self.current: Optional[Loaded] = None
+        self.store: Optional[ModelStore] = None
+        self._boot_note: Optional[Dict[str, Any]] = None
+        self._probation: Optional[float] = None
+        self._generation = 0  # bumped at every swap: frames prepared for the old model are prepared again
+
+    # the running model's parts (tests and tools read them)
+    pkg = property(lambda self: self.current.pkg if self.current else None)
+    choice = property(lambda self: self.current.choice if self.current else None)
+    rt = property(lambda self: self.current.rt if self.current else None)
+    spec = property(lambda self: self.current.spec if self.current else None)
+    model = property(lambda self: self.current.model if self.current else None)
 
     # -- set-up ----------------------------------------------------------------------------------------------
-    def load_model(self) -> None:
+    def open_model(self, path: str, ref: ModelRef, background: bool = False) -> Loaded:
+        """Load, verify and open the package at ``path`` on the runtime this device runs."""
         cfg = self.cfg
-        self.pkg = ModelPackage.load(cfg.package)  # schema, files, sha256: always verified on the device
-        self.choice = self.pkg.artifact_for(cfg.runtime)
-        if self.choice.runtime == "tensorrt":
-            self.notifier.status("preparing the TensorRT engine")
+        pkg = ModelPackage.load(path)  # schema, files, sha256: always verified on the device
+        choice = pkg.artifact_for(cfg.runtime)
+        if choice.runtime == "tensorrt":
+            if background:
+                lower_thread_priority()
+            else:
+                self.notifier.status("preparing the TensorRT engine")
         # frames are preprocessed straight into the model's own layout (NHWC for TFLite): no transpose per frame
-        self.rt = self.pkg.open_runtime(choice=self.choice, config=cfg.runtime_options.for_runtime(
-            self.choice.runtime), input_layout="native", engine_cache=cfg.engine_cache,
-            extend_timeout=self.notifier.extend_timeout)
-        self.spec = self.pkg.preprocess_for(self.rt)
-        m, art = self.pkg.manifest, self.choice.artifact
+        rt = pkg.open_runtime(choice=choice, config=cfg.runtime_options.for_runtime(choice.runtime),
+                              input_layout="native", engine_cache=cfg.engine_cache,
+                              extend_timeout=None if background else self.notifier.extend_timeout)
+        spec = pkg.preprocess_for(rt)
+        m, art = pkg.manifest, choice.artifact
         cal = art.calibration
-        self.model = ModelView(list(m.labels), m.output, {
+        model = ModelView(list(m.labels), m.output, {
             "name": m.name, "version": m.version, "sha256": art.sha256[:12], "artifact": art.file,
-            "runtime": self.choice.runtime}, cal.temperature if cal else 1.0, cal is not None)
+            "runtime": choice.runtime}, cal.temperature if cal else 1.0, cal is not None)
         log.info("model %s %s: %s on %s, frames preprocessed to %s, %s", m.name, m.version, art.file,
-                 self.choice.runtime, self.spec.layout, "calibrated (temperature %.3f%s)" % (
+                 choice.runtime, spec.layout, "calibrated (temperature %.3f%s)" % (
                      cal.temperature, ", fitted thresholds" if cal.thresholds else "") if cal else "not calibrated")
+        if ref.counter == 0:  # the config's package: its own name and version
+            ref = ModelRef(name=m.name, version=m.version, counter=0)
+        return Loaded(pkg, choice, rt, spec, model, Version(ref, path))
 
-    def settings(self) -> Settings:
-        cfg, m = self.cfg, self.pkg.manifest  # type: ignore[union-attr]
+    def load_model(self) -> None:
+        """The active model: the stored pointer's (after a crash loop, the one before it), else the config's."""
+        cfg = self.cfg
+        factory = Version(ModelRef(name="config", version="-", counter=0), cfg.package)
+        self.store = store = ModelStore(models_dir(cfg), factory, cfg.models.keep, cfg.models.crash_starts)
+        boot = store.boot()
+        self._boot_note, self._probation = boot.note, boot.probation
+        try:
+            self.current = self.open_model(boot.version.path, boot.version.ref)
+        except EdgesightError as exc:
+            if boot.version.path == cfg.package:
+                raise
+            reason = "the active model %s %s does not load here: %s" % (boot.version.ref.name,
+                                                                        boot.version.ref.version, exc)
+            log.error("%s; starting on the one before it", reason)
+            back = store.rollback(reason)
+            self._boot_note = {"state": "rolled_back", "reason": reason, "candidate": boot.version.ref}
+            self._probation = None
+            self.current = self.open_model(back.path, back.ref)
+
+    def settings_for(self, loaded: Loaded) -> Settings:
+        cfg, m = self.cfg, loaded.pkg.manifest
         t = cfg.thresholds
         # the artifact's fitted thresholds (else the package's); agent.yaml's per_class on top, its default for
-        # the classes neither names
-        default, per_class = m.thresholds_for(self.choice.artifact.calibration)  # type: ignore[union-attr]
+        # the classes neither names; a per_class label the package lacks does not apply to it
+        default, per_class = m.thresholds_for(loaded.choice.artifact.calibration)
+        mine = {k: v for k, v in t.per_class.items() if k in m.labels}
         return Settings(cfg.device_id, cfg.mqtt.topic_prefix, cfg.mqtt.top_k,
-                        t.default if t.default is not None else default, dict(per_class, **t.per_class),
+                        t.default if t.default is not None else default, dict(per_class, **mine),
                         t.hysteresis, cfg.mqtt.publish_mode, cfg.mqtt.min_interval)
+
+    def settings(self) -> Settings:
+        assert self.current is not None
+        return self.settings_for(self.current)
+
+    def _prepare(self, loaded: Loaded) -> Any:
+        spec = loaded.spec
+        return lambda frame: preprocess(frame.image, spec, input_color=frame.color)[None]
 
     # -- running ---------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event, max_frames: Optional[int] = None, duration: Optional[float] = None) -> int:
         self.notifier.status("loading model")
         self.load_model()
         parts = self._start()
-        self.notifier.ready("running %s on %d camera(s)" % (self.choice.artifact.file,  # type: ignore[union-attr]
+        self.notifier.ready("running %s on %d camera(s)" % (self.current.choice.artifact.file,  # type: ignore
                                                              len(parts.captures)))
         try:
             self._loop(stop, parts, max_frames, duration)
@@ -103,7 +172,8 @@ class Agent(object):
 
     def _start(self) -> "_Parts":
         cfg = self.cfg
-        assert self.rt is not None and self.model is not None and self.spec is not None
+        cur = self.current
+        assert cur is not None and self.store is not None
         outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes, cfg.outbox.max_attempts)
         link = MqttLink(cfg.mqtt, cfg.device_id, read_password(cfg.mqtt))
         publisher = Publisher(link, outbox, cfg.mqtt.inflight)
@@ -111,12 +181,32 @@ class Agent(object):
                         c.source.reconnect_max) for c in cfg.cameras]
         policy = PolicyManager(cfg.samples, cfg.device_id, cfg.mqtt.topic_prefix, outbox)
         telemetry = Telemetry(cfg.device_id, cfg.mqtt.topic_prefix, caps, outbox, publisher, link, policy,
-                              self.model.calibrated)
-        pipeline = FramePipeline(self.rt, self.model, self.settings(), cfg.cameras, outbox, policy, telemetry)
+                              cur.model.calibrated)
+        pipeline = FramePipeline(cur.rt, cur.model, self.settings_for(cur), cfg.cameras, outbox, policy, telemetry)
         link.subscriptions[policy.topic] = 1
         policy.report("applied")
-        spec = self.spec
-        prefetch = Prefetch(caps, lambda frame: preprocess(frame.image, spec, input_color=frame.color)[None])
+        prefetch = Prefetch(caps, self._prepare(cur))
+
+        def apply(loaded: Loaded) -> None:  # the swap (or rollback), between two frames
+            self.current = loaded
+            pipeline.swap(loaded.rt, loaded.model, self.settings_for(loaded))
+            telemetry.calibrated = loaded.model.calibrated
+            self._generation += 1
+            prefetch.set_prepare(self._prepare(loaded), self._generation)
+
+        def infer(loaded: Loaded, item: Prepared) -> Outcome:  # the candidate on a frame, in shadow
+            tensor = item.tensor if loaded.spec == self.current.spec else self._prepare(loaded)(item.frame)  # type: ignore
+            return predict(loaded.rt, loaded.model, self.settings_for(loaded), tensor)
+
+        rollout = Rollout(cfg.models, self.store, cfg.device_id, cfg.mqtt.topic_prefix, outbox, cur, self.open_model,
+                          apply, infer, health_seconds=self._probation)
+        link.subscriptions[rollout.topic] = 1
+        if self._boot_note is not None:
+            note = self._boot_note
+            rollout.report(note["state"], reason=note["reason"], candidate=note["candidate"],
+                           desired_id=note.get("desired_id"))
+        elif self._probation is None:
+            rollout.report("active", health="passed")
         metrics = None
         if cfg.metrics.enabled:  # bound before any thread starts: a port in use is a config error, nothing runs
             from .metrics import MetricsServer
@@ -129,17 +219,19 @@ class Agent(object):
         prefetch.start()
         if metrics is not None:
             metrics.start()
-        return _Parts(outbox, link, publisher, caps, prefetch, policy, telemetry, pipeline, metrics)
+        return _Parts(outbox, link, publisher, caps, prefetch, policy, telemetry, pipeline, metrics, rollout)
 
     def _loop(self, stop: threading.Event, p: "_Parts", max_frames: Optional[int], duration: Optional[float]) -> None:
         deadline = None if duration is None else time.monotonic() + duration
         while not stop.is_set():
             self._check_threads(p.captures, p.publisher, p.prefetch)
-            self._read_messages(p.link, p.policy)
+            self._read_messages(p.link, p.policy, p.rollout)
             item = p.prefetch.take(timeout=0.05)
+            outcome = None
             if item is not None:
-                p.pipeline.process(item)
+                outcome = self._process(p, item)
                 p.publisher.wake()
+            p.rollout.tick(item, outcome, time.time())
             if item is not None or all(c.state in ("reconnecting", "ended") for c in p.captures):
                 # real progress (a frame processed and committed), or every camera is in a known, reported
                 # outage that the capture threads are handling: a restart would not bring a camera back, and
@@ -156,8 +248,24 @@ class Agent(object):
                 log.info("every camera reached the end of its input")
                 break
 
+    def _process(self, p: "_Parts", item: Prepared) -> Outcome:
+        """One frame; when the model swapped in moments ago fails on it, the rollout rolls back and the same frame
+        runs on the restored model (nothing was committed for it yet): no frame is lost."""
+        if item.generation != self._generation:  # prepared for the model before a swap
+            item = item._replace(tensor=self._prepare(self.current)(item.frame),  # type: ignore[arg-type]
+                                 generation=self._generation)
+        try:
+            return p.pipeline.process(item)
+        except Exception as exc:
+            if not p.rollout.on_inference_error(exc):
+                raise
+            item = item._replace(tensor=self._prepare(self.current)(item.frame),  # type: ignore[arg-type]
+                                 generation=self._generation)
+            return p.pipeline.process(item)
+
     def _stop(self, p: "_Parts") -> None:
         self.notifier.stopping()
+        p.rollout.abandon("the agent is stopping")
         if p.metrics is not None:
             p.metrics.stop()
         p.prefetch.stop()
@@ -168,10 +276,11 @@ class Agent(object):
         p.publisher.stop()
         p.link.stop("stopped")
         p.outbox.close()
-        self.rt.close()  # type: ignore[union-attr]
+        for loaded in {id(x): x for x in (self.current, p.rollout.previous) if x is not None}.values():
+            loaded.rt.close()
 
     @staticmethod
-    def _read_messages(link: MqttLink, policy: PolicyManager) -> None:
+    def _read_messages(link: MqttLink, policy: PolicyManager, rollout: Rollout) -> None:
         for _ in range(8):
             try:
                 topic, payload = link.messages.get_nowait()
@@ -179,6 +288,8 @@ class Agent(object):
                 return
             if topic == policy.topic:
                 policy.apply(payload)
+            elif topic == rollout.topic:
+                rollout.on_message(payload)
 
     @staticmethod
     def _check_threads(caps: List[Capture], publisher: Any, prefetch: Any) -> None:

@@ -3,7 +3,7 @@ functions that run its commands; the work itself lives in the parts (runtimes, c
 
 User errors (:class:`EdgesightError`) are printed as one paragraph without a traceback and exit with the error's
 code (docs/architecture.md): 2 config, 3 package or model file, 4 image, 5 missing optional package, 6 runtime,
-7 a conversion target failed, 8 a validation gate failed, 9 broker unreachable; 1 is a bug (traceback logged),
+7 a conversion target failed, 8 a validation gate failed, 9 broker unreachable, 10 a rollout was refused, rejected or rolled back; 1 is a bug (traceback logged),
 130 an interrupt. Device-side too (``edgesight agent`` runs here): Python 3.8-compatible.
 """
 import argparse
@@ -13,12 +13,12 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from ..errors import EdgesightError
-from . import agent, calibrate, collect, convert, engine, package, toolchain
+from . import agent, calibrate, collect, convert, deploy, engine, keys, package, toolchain
 
 log = logging.getLogger("edgesight")
 
 EXIT_OK, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 130
-GROUPS = (package, convert, calibrate, engine, agent, collect, toolchain)
+GROUPS = (package, convert, calibrate, engine, agent, collect, keys, deploy, toolchain)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,12 +1,12 @@
-"""``edgesight info``, ``edgesight package create`` and ``edgesight classify``: look at, make and try a package.
-Device-side (``info`` and ``classify`` run on devices): Python 3.8-compatible."""
+"""``edgesight info``, ``edgesight package create|pack|serve`` and ``edgesight classify``: look at, make, ship and
+try a package. Device-side (``info`` and ``classify`` run on devices): Python 3.8-compatible."""
 import argparse
 import json
 import os
 from typing import Any, Dict, List, Optional
 
 from ..errors import EdgesightError
-from .common import human, out, positive, probability, usage
+from .common import human, non_negative, out, positive, probability, stop_on_signals, usage
 
 
 def register(sub: Any) -> None:
@@ -30,6 +30,20 @@ def register(sub: Any) -> None:
     c.add_argument("--threshold", type=probability, default=0.8, help="default confidence threshold (0..1)")
     c.add_argument("--force", action="store_true", help="replace an existing package")
     c.set_defaults(func=run_create)
+    c = psub.add_parser("pack", help="one signed file of a package, for `edgesight deploy`")
+    c.add_argument("package", help="package directory")
+    c.add_argument("--out", required=True, help="file to write (e.g. digits-2.0.0.espkg)")
+    c.add_argument("--key", help="Ed25519 signing key (edgesight keys generate)")
+    c.add_argument("--unsigned", action="store_true", help="no signature (devices with models.allow_unsigned only)")
+    c.add_argument("--counter", type=positive, help="rollout counter, above every earlier one (default: the Unix "
+                   "time now); sign a higher counter to roll an older package out again")
+    c.add_argument("--expires-days", type=non_negative, help="devices refuse it after this many days")
+    c.set_defaults(func=run_pack)
+    c = psub.add_parser("serve", help="serve packed packages over HTTP with Range requests (resumable downloads)")
+    c.add_argument("folder", help="folder of packed packages")
+    c.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
+    c.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: a free one)")
+    c.set_defaults(func=run_serve)
     p.set_defaults(func=lambda a: usage(p))
 
     p = sub.add_parser("classify", help="run a package on image files through one or every installed runtime")
@@ -119,6 +133,38 @@ def run_create(args: argparse.Namespace) -> int:
         if is_installed(art.runtime):
             pkg.open_runtime(artifact_index=i).close()
     out("wrote %s with %s" % (pkg.manifest_path, ", ".join(a.file for a in pkg.manifest.artifacts)))
+    return 0
+
+
+# -- package pack / serve -------------------------------------------------------------------------------------
+def run_pack(args: argparse.Namespace) -> int:
+    from ..contract.signing import key_id, load_private
+    from ..errors import ConfigError
+    from ..runtimes.pack import pack
+
+    if bool(args.key) == bool(args.unsigned):
+        raise ConfigError("give the signing key (--key FILE) or --unsigned", field="--key")
+    key = load_private(args.key) if args.key else None
+    m = pack(args.package, args.out, key, counter=args.counter, expires_days=args.expires_days)
+    out("wrote %s: %s %s, counter %d, %d files, %s%s" % (
+        args.out, m.name, m.version, m.counter, len(m.files), human(m.total_size()),
+        ", signed by key %s" % key_id(key.public_key()) if key else ", UNSIGNED"))
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import threading
+
+    from ..fleet.serve import PackServer
+
+    server = PackServer(args.folder, args.host, args.port)
+    out("serving %s on http://%s:%d/ (Range requests; Ctrl-C stops)" % (server.root, args.host, server.port))
+    stop = stop_on_signals()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    while not stop.wait(0.5):
+        pass
+    server.stop()
     return 0
 
 

@@ -7,6 +7,7 @@ STATUS, STATS = "status", "stats"
 RESULT, STATE, SAMPLE = "result", "state", "sample"
 POLICY = ("config", "sampling")
 POLICY_STATUS = POLICY + ("status",)
+MODEL_DESIRED, MODEL_STATE = ("model", "desired"), ("model", "state")
 MAX_TOPIC_BYTES = 1024
 
 

@@ -102,7 +102,8 @@ def test_acl_denied_topic_goes_to_dead_letter(tmp_path):
     acl = tmp_path / "acl"
     acl.write_text("user dev1\ntopic write edgesight/dev1/status\ntopic write edgesight/dev1/stats\n"
                    "topic write edgesight/dev1/front/state\ntopic write edgesight/dev1/front/sample\n"
-                   "topic write edgesight/dev1/config/sampling/status\ntopic read edgesight/dev1/config/sampling\n")
+                   "topic write edgesight/dev1/config/sampling/status\ntopic read edgesight/dev1/config/sampling\n"
+                   "topic write edgesight/dev1/model/state\ntopic read edgesight/dev1/model/desired\n")
     b = Broker(tmp_path / "broker", extra_conf="allow_anonymous false\npassword_file %s\nacl_file %s\n"
                % (pw, acl)).start()
     try:
