@@ -6,7 +6,6 @@ Transient failures (connection refused or reset, a read that stalls past the tim
 the signed size, a Range the server cannot satisfy because its file is shorter) fails the download at once. The
 finished file's sha256 must equal the signed one, else it is deleted and the download fails.
 """
-import hashlib
 import http.client
 import logging
 import os
@@ -16,6 +15,7 @@ import urllib.error
 import urllib.request
 from typing import Callable, Optional
 
+from ..contract.pack import sha256_file
 from ..errors import RolloutError
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def download(url: str, path: str, size: int, sha256: str, timeout: float, attemp
     if have != size:
         raise RolloutError("download of %s failed after %d tries (%d of %d bytes): %s" % (url, attempts, have, size,
                                                                                          last))
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != sha256:
         os.unlink(path)
         raise RolloutError("downloaded file's sha256 is %s..., the signed one is %s...: the file on the server is "
@@ -104,8 +104,6 @@ def _fetch(url: str, path: str, have: int, size: int, timeout: float, stop: thre
                     if progress is not None:
                         progress(have / float(size))
             except (socket.timeout, ConnectionError, http.client.HTTPException, OSError) as exc:
-                if isinstance(exc, RolloutError):
-                    raise
                 raise _Transient("the transfer broke off at byte %d: %s" % (have, exc or type(exc).__name__))
             finally:
                 f.flush()
@@ -119,11 +117,3 @@ def _range_start(header: Optional[str]) -> Optional[int]:
         return int(str(header).split()[1].split("-")[0])
     except (IndexError, ValueError):
         return None
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

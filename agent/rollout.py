@@ -19,11 +19,11 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from ..contract import payloads, topics
+from ..contract.pack import unpack
 from ..contract.rollout import Desired, ModelRef, model_state, parse
 from ..contract.signing import open_envelope, trusted
 from ..errors import EdgesightError
 from ..files import fsync_dir
-from ..runtimes.pack import unpack
 from .config import ModelsConfig
 from .fetch import download
 from .modelstore import ModelStore, Version
@@ -206,7 +206,7 @@ class Rollout(object):
             self.swap(now)
             return
         self.phase, self.shadow = "shadow", ShadowStats(target)
-        self._shadow_start, self._shadow_spent = now, 0.0
+        self._shadow_start, self._shadow_spent = time.monotonic(), 0.0
         self.report("shadow", progress=0.0, shadow=self.shadow.numbers(), **self._fields())
         self._reported = ("shadow", now)
 

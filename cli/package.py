@@ -138,14 +138,17 @@ def run_create(args: argparse.Namespace) -> int:
 
 # -- package pack / serve -------------------------------------------------------------------------------------
 def run_pack(args: argparse.Namespace) -> int:
+    from ..contract.pack import pack
     from ..contract.signing import key_id, load_private
     from ..errors import ConfigError
-    from ..runtimes.pack import pack
+    from ..runtimes.package import ModelPackage
 
     if bool(args.key) == bool(args.unsigned):
         raise ConfigError("give the signing key (--key FILE) or --unsigned", field="--key")
     key = load_private(args.key) if args.key else None
-    m = pack(args.package, args.out, key, counter=args.counter, expires_days=args.expires_days)
+    pkg = ModelPackage.load(args.package)  # never ship a package that does not load as a device loads it
+    m = pack(pkg.root, pkg.manifest.name, pkg.manifest.version, args.out, key, counter=args.counter,
+             expires_days=args.expires_days)
     out("wrote %s: %s %s, counter %d, %d files, %s%s" % (
         args.out, m.name, m.version, m.counter, len(m.files), human(m.total_size()),
         ", signed by key %s" % key_id(key.public_key()) if key else ", UNSIGNED"))

@@ -1,7 +1,8 @@
 """The end-to-end demo: convert the example model (calibrated and thresholds fitted on the field set), start a local
 mosquitto and `edgesight collect`, run the agent on the example's field images for a bounded number of frames
 (taking the broker away for a few seconds in the middle), print what a subscriber receives, and export the
-collected samples for Label Studio. Ends by itself. Run by examples/demo.sh after set-up, or directly:
+collected samples for Label Studio; then start the agent again and roll version 2.0.0 of the package out to it
+(signed pack, HTTP server, `edgesight deploy`: shadow, swap without a restart, health window). Ends by itself. Run by examples/demo.sh after set-up, or directly:
 
     .venv/bin/python examples/demo.py [--frames 300] [--keep]
 """
@@ -66,6 +67,72 @@ def camera_frames(field: str, work: str) -> str:
     for i, path in enumerate(files):
         os.symlink(os.path.abspath(path), os.path.join(out, "frame_%04d.jpg" % i))
     return out
+
+
+def deploy_step(work: str, port: int, pkg: str, cfg_path: str, key: str) -> bool:
+    """5. Pack a second version of the package, serve it, deploy it to the running agent: shadow, swap, health."""
+    import paho.mqtt.client as mqtt
+    import yaml
+
+    from edgesight.fleet.serve import PackServer
+
+    v2 = os.path.join(work, "digits-int8-v2")
+    shutil.copytree(pkg, v2)
+    manifest = os.path.join(v2, "edgesight.yaml")
+    with open(manifest) as f:
+        m = yaml.safe_load(f)
+    m["version"] = "2.0.0"  # the retrained model would go here; the demo ships the same weights as 2.0.0
+    with open(manifest, "w") as f:
+        yaml.safe_dump(m, f, sort_keys=False)
+    www = os.path.join(work, "www")
+    os.makedirs(www)
+    print("\n== 4. roll version 2.0.0 out to the running agent")
+    print("   " + edgesight("package", "pack", v2, "--out", os.path.join(www, "digits-2.espkg"), "--key",
+                             key).stdout.strip())
+    server = PackServer(www, "127.0.0.1", 0).start()
+    versions, lock = [], threading.Lock()
+
+    def on_result(client, userdata, msg):
+        if msg.topic.endswith("/result"):
+            with lock:
+                versions.append(json.loads(msg.payload)["model"]["version"])
+        elif msg.topic.endswith("/model/state"):
+            st = json.loads(msg.payload)
+            print("   model/state %-11s %s%s" % (st["state"], st.get("health") or "", (" progress %.0f%%" % (
+                100 * st["progress"])) if st.get("progress") is not None else ""))
+
+    sub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_message = on_result
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe([("edgesight/+/front/result", 1),
+                                                         ("edgesight/+/model/state", 1)])
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    agent = subprocess.Popen([sys.executable, "-m", "edgesight", "agent", "--config", cfg_path],
+                             stderr=subprocess.PIPE, universal_newlines=True)
+    try:
+        end = time.time() + 60
+        while time.time() < end and not versions:
+            time.sleep(0.1)
+        print("   agent pid %d runs %s" % (agent.pid, versions[-1] if versions else "-"))
+        dep = edgesight("deploy", os.path.join(www, "digits-2.espkg"), "--url", server.url("digits-2.espkg"),
+                        "--device", "demo-cam-01", "--key", key, "--host", "127.0.0.1", "--port", str(port),
+                        "--shadow-frames", "50", "--health-seconds", "3", "--timeout", "120")
+        print("\n".join("   " + line for line in (dep.stdout.strip() or dep.stderr.strip()).splitlines()))
+        time.sleep(1.0)
+        with lock:
+            switched = bool(versions) and versions[-1] == "2.0.0" and versions[0] == "1.0.0"
+        alive = agent.poll() is None
+        print("   results: %d on 1.0.0, then %d on 2.0.0; agent pid %d still running: %s" % (
+            versions.count("1.0.0"), versions.count("2.0.0"), agent.pid, "yes" if alive else "NO"))
+        return dep.returncode == 0 and switched and alive
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+        sub.loop_stop()
+        server.stop()
 
 
 def main() -> int:
@@ -138,7 +205,10 @@ def main() -> int:
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     time.sleep(1.0)
 
-    cfg = {"device_id": "demo-cam-01", "package": pkg, "runtime": "auto",
+    from edgesight.contract.signing import generate
+
+    keys = generate(os.path.join(work, "keys"))  # (private, public): step 5 signs a rollout with it
+    cfg = {"device_id": "demo-cam-01", "package": pkg, "runtime": "auto", "models": {"trusted_keys": [keys[1]]},
            "cameras": [{"name": "front", "source": {"type": "folder", "path": camera_frames(field, work),
                                                     "fps": 40, "loop": True}}],
            "thresholds": {"hysteresis": 2},  # the fitted per-class thresholds from the package
@@ -182,6 +252,9 @@ def main() -> int:
             return collector.returncode
         collected = json.loads(out)
         collector_log = err
+        sub.disconnect()  # the summary below counts steps 3-4; step 5 has its own subscriber
+        sub.loop_stop()
+        deployed = deploy_step(work, port, pkg, cfg_path, keys[0])
     finally:
         if agent.poll() is None:
             agent.kill()
@@ -193,7 +266,7 @@ def main() -> int:
     with lock:
         results = seen["result"]
         ids = {r["id"] for r in results}
-        print("\n== 4. summary")
+        print("\n== 5. summary")
         print("   results received: %d (%d unique, %d duplicates), %d accepted, %d uncertain"
               % (len(results), len(ids), len(results) - len(ids), sum(r["accepted"] for r in results),
                  sum(not r["accepted"] for r in results)))
@@ -214,7 +287,8 @@ def main() -> int:
     print("   every sample is in the dataset once: %s" % ("yes" if stored_all else "NO"))
     if not stored_all:
         print(collector_log[-3000:])
-    ok = ok and stored_all and export.returncode == 0
+    print("   the running agent took version 2.0.0 without a restart: %s" % ("yes" if deployed else "NO"))
+    ok = ok and stored_all and export.returncode == 0 and deployed
     if args.keep:
         print("   kept %s" % work)
     else:

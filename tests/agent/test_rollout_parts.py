@@ -13,7 +13,7 @@ from edgesight.agent.shadow import Baseline, Outcome, ShadowStats, health_verdic
 from edgesight.contract.rollout import Desired, ModelRef, PackManifest, parse, read_pack
 from edgesight.contract.signing import SignatureError, open_envelope, sign, trusted
 from edgesight.errors import RolloutError
-from edgesight.runtimes.pack import unpack
+from edgesight.contract.pack import unpack
 
 from support.rollout import Keys, desired, evil_pack, fault_server, packed, serve_as, variant
 

@@ -90,7 +90,7 @@ def test_the_device_command_engine_build_imports_nothing_host_side():
 
 
 BLOCKED = ("scipy", "onnxruntime", "onnx", "ai_edge_litert", "tflite_runtime", "tensorflow", "tensorrt", "cv2", "PIL",
-           "paho", "pycuda", "cuda")
+           "paho", "pycuda", "cuda", "cryptography")
 
 
 def test_everything_imports_without_the_heavy_packages_and_using_a_feature_names_the_extra(tmp_path):
@@ -107,6 +107,7 @@ def test_everything_imports_without_the_heavy_packages_and_using_a_feature_names
     for feature, extra in (("onnxruntime backend", "onnx"), ("tflite backend", "tflite"),
                            ("tensorrt backend", "tensorrt"), ("reading an image", "camera"),
                            ("a camera", "camera"), ("the agent's MQTT link", "agent"), ("the collector", "fleet"),
-                           ("reading an ONNX model", "convert"), ("fitting a temperature", "convert")):
+                           ("reading an ONNX model", "convert"), ("fitting a temperature", "convert"),
+                           ("verifying a signed rollout", "agent")):
         got = report["features"][feature]
         assert got == "MissingDependencyError:%s" % extra, (feature, got)

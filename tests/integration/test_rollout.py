@@ -75,7 +75,7 @@ def versions_after(col, t0, device="dev1"):
 
 def test_deploy_swaps_without_restart_or_lost_frame_and_refuses_a_replay(broker, tmp_path, kit):
     col = Collector(broker.port)
-    agent = start_agent(config(tmp_path, broker.port, kit))
+    agent = start_agent(config(tmp_path, broker.port, kit, shadow_share=0.2))  # the shadow's time budget in force
     try:
         assert col.wait_for(lambda c: len(results(c)) >= 10, 60)
         url = serve_as(kit["server"], kit["v2"], "v2.espkg")

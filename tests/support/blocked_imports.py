@@ -99,7 +99,13 @@ def _temperature():
     fit_temperature(np.zeros((4, 2)), np.array([0, 1, 0, 1]))
 
 
-features.update({"reading an image": _image, "a camera": _camera, "the agent's MQTT link": _link,
+def _verify():
+    from edgesight.contract.signing import open_envelope, trusted
+
+    open_envelope(b'{"kind": "edgesight.signed/1", "key": "k", "sig": "AA==", "body": "e30="}', trusted([model]))
+
+
+features.update({"verifying a signed rollout": _verify, "reading an image": _image, "a camera": _camera, "the agent's MQTT link": _link,
                  "the collector": _collector, "reading an ONNX model": _onnx, "fitting a temperature": _temperature})
 print(json.dumps({"modules": count, "import_failures": failures,
                   "features": {k: outcome(v) for k, v in features.items()}}))

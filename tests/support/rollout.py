@@ -16,7 +16,8 @@ from edgesight.contract.rollout import Archive, Desired, RolloutPolicy, read_pac
 from edgesight.contract.signing import generate, load_private, sign
 from edgesight.contract import payloads
 from edgesight.fleet.serve import Handler, PackServer
-from edgesight.runtimes.pack import pack
+from edgesight.runtimes.package import ModelPackage
+from edgesight.contract.pack import pack
 
 from . import EXAMPLE
 
@@ -93,7 +94,8 @@ class Keys(object):
 
 
 def packed(pkg_dir, out, keys, counter):
-    pack(pkg_dir, str(out), keys.key if keys else None, counter=counter)
+    m = ModelPackage.load(pkg_dir).manifest
+    pack(pkg_dir, m.name, m.version, str(out), keys.key if keys else None, counter=counter)
     return str(out)
 
 

@@ -4,7 +4,8 @@ A packed package is an uncompressed tar whose first member is ``edgesight.pack.j
 (name, version, counter, created/expires, sha256 and size of every file), followed by the package's files. Model
 files barely compress, and a plain tar is read as a stream and resumes byte-exact with HTTP Range.
 
-:func:`pack` runs on the workstation; :func:`unpack` runs on the device and trusts nothing in the archive: only
+:func:`pack` runs on the workstation (on a package its caller validated: ``edgesight package pack`` loads it as a
+device would first); :func:`unpack` runs on the device and trusts nothing in the archive: only
 regular files and folders, no path out of the destination (no ``..``, absolute paths or links), every file exactly
 the size and sha256 the signed list says, nothing extra, nothing missing, bounded counts and sizes.
 Device-side: Python 3.8-compatible.
@@ -17,11 +18,12 @@ import tarfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..contract import payloads
-from ..contract.rollout import MAX_FILES, PACK_MANIFEST, FileEntry, PackManifest, check_member_path
-from ..contract.signing import sign
 from ..errors import PackageError, RolloutError
-from .manifest import MANIFEST, sha256_file
+from . import payloads
+from .rollout import MAX_FILES, PACK_MANIFEST, FileEntry, PackManifest, check_member_path
+from .signing import sign
+
+MANIFEST = "edgesight.yaml"
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +49,22 @@ def package_files(root: str) -> List[str]:
     return out
 
 
-def pack(package_dir: str, out: str, private_key: Optional[Any], counter: Optional[int] = None,
-         expires_days: Optional[float] = None) -> PackManifest:
-    """Write ``out``: the package at ``package_dir`` (validated first) with its signed manifest. ``counter``
-    defaults to the current Unix time in seconds, so packs made later count higher."""
-    from .package import ModelPackage
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    pkg = ModelPackage.load(package_dir)  # never ship a package that does not load here
-    root = pkg.root
+
+def pack(root: str, name: str, version: str, out: str, private_key: Optional[Any], counter: Optional[int] = None,
+         expires_days: Optional[float] = None) -> PackManifest:
+    """Write ``out``: the package folder ``root`` (named ``name`` ``version``) with its signed manifest.
+    ``counter`` defaults to the current Unix time in seconds, so packs made later count higher."""
     now = time.time()
     files = [FileEntry(path=rel, sha256=sha256_file(os.path.join(root, rel)),
                        size=os.path.getsize(os.path.join(root, rel))) for rel in package_files(root)]
-    manifest = PackManifest(name=pkg.manifest.name, version=pkg.manifest.version,
+    manifest = PackManifest(name=name, version=version,
                             counter=int(now) if counter is None else counter, files=files,
                             created=payloads.iso(now),
                             expires=None if expires_days is None else payloads.iso(now + 86400.0 * expires_days))
