@@ -60,7 +60,8 @@ class ModelStore(object):
 
     # -- the pointer -----------------------------------------------------------------------------------------
     def _read(self) -> Dict[str, Any]:
-        empty: Dict[str, Any] = {"v": 1, "active": None, "previous": [], "probation": None, "finished": None}
+        empty: Dict[str, Any] = {"v": 1, "active": None, "previous": [], "probation": None, "finished": None,
+                                 "attempt": None}
         if not os.path.exists(self.path):
             return empty
         try:
@@ -108,14 +109,42 @@ class ModelStore(object):
                 note = {"state": "rolled_back", "reason": reason, "candidate": bad.ref,
                         "desired_id": probation.get("desired_id")}
             self._write()
+        attempt = self.data.get("attempt")
+        if attempt is not None and note is None and attempt.pop("clean_stop", False):
+            self._write()  # stopped cleanly during the rollout: not a death
+        elif attempt is not None and note is None:  # the agent died while a rollout was fetched or shadowed
+            attempt["starts"] = int(attempt.get("starts", 0)) + 1
+            if attempt["starts"] >= self.crash_starts:
+                reason = "the agent died %d times during this rollout (before the swap); abandoned" % attempt["starts"]
+                note = {"state": "rejected", "reason": reason, "desired_id": attempt.get("desired_id"),
+                        "candidate": ModelRef(name=str(attempt.get("name", "?")), version=str(attempt.get("version",
+                                                                                                   "?")),
+                                              counter=int(attempt["counter"]))}
+                self.finish(int(attempt["counter"]), "rejected", reason, attempt.get("desired_id"))
+            else:
+                self._write()
         probation = self.data.get("probation")
         return Boot(self.active, note, None if probation is None else float(probation.get("health_seconds", 60.0)))
+
+    def begin(self, ref: ModelRef, desired_id: str) -> None:
+        """A rollout starts: a start that finds it still open counts towards ``crash_starts``."""
+        att = self.data.get("attempt")
+        starts = int(att.get("starts", 0)) if att and att.get("counter") == ref.counter else 0
+        self.data["attempt"] = {"counter": ref.counter, "name": ref.name, "version": ref.version,
+                                "desired_id": desired_id, "starts": starts}
+        self._write()
+
+    def paused(self) -> None:
+        """The agent stops cleanly with a rollout open: the next start resumes it without counting a death."""
+        if self.data.get("attempt") is not None:
+            self.data["attempt"]["clean_stop"] = True
+            self._write()
 
     def activate(self, version: Version, desired_id: Optional[str], health_seconds: float) -> None:
         """The swap: ``version`` becomes active, on probation until :meth:`passed`."""
         old = self.active
         prev = [old.as_json()] + [p for p in self.data.get("previous") or [] if p.get("path") != version.path]
-        self.data.update(active=version.as_json(), previous=prev[:max(self.keep, 1)],
+        self.data.update(active=version.as_json(), previous=prev[:max(self.keep, 1)], attempt=None,
                          probation={"starts": 0, "since": time.time(), "desired_id": desired_id,
                                     "health_seconds": health_seconds})
         self._write()
@@ -144,6 +173,7 @@ class ModelStore(object):
     def finish(self, counter: int, state: str, reason: str, desired_id: Optional[str]) -> None:
         """A rollout ended without a swap (rejected): remember it, drop its files."""
         self.data["finished"] = {"counter": counter, "state": state, "reason": reason[:2000], "desired_id": desired_id}
+        self.data["attempt"] = None
         self._write()
         self.drop(counter)
 

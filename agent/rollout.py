@@ -13,7 +13,9 @@ following it is a rejection, and a rejection is remembered (``modelstore``) so a
 again at the next start. Device-side: Python 3.8-compatible.
 """
 import logging
+import calendar
 import os
+import shutil
 import threading
 import time
 from typing import Any, Callable, Dict, Optional
@@ -31,6 +33,11 @@ from .outbox import Outbox
 from .shadow import Baseline, Outcome, ShadowStats, health_verdict, shadow_due
 
 log = logging.getLogger(__name__)
+
+
+def parse_ts(ts: str) -> float:
+    """Seconds since the epoch of a payload time stamp (``2026-12-04T05:00:00.123Z``)."""
+    return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + float("0" + ts[19:-1])
 
 
 def _why(exc: BaseException) -> str:
@@ -95,9 +102,10 @@ class Fetch(object):
 class Rollout(object):
     def __init__(self, cfg: ModelsConfig, store: ModelStore, device_id: str, prefix: str, outbox: Outbox,
                  current: Any, open_model: Callable[[str, ModelRef, bool], Any], apply: Callable[[Any], None],
-                 infer: Callable[[Any, Any], Outcome], health_seconds: Optional[float] = None) -> None:
+                 infer: Callable[[Any, Any], Outcome], health_seconds: Optional[float] = None,
+                 cameras_live: Callable[[], bool] = lambda: True) -> None:
         self.cfg, self.store, self.device_id, self.outbox = cfg, store, device_id, outbox
-        self.open_model, self.apply, self.infer = open_model, apply, infer
+        self.open_model, self.apply, self.infer, self.cameras_live = open_model, apply, infer, cameras_live
         self.keys = trusted(cfg.trusted_keys) if cfg.trusted_keys else {}
         self.topic = topics.topic(prefix, device_id, *topics.MODEL_DESIRED)
         self.state_topic = topics.topic(prefix, device_id, *topics.MODEL_STATE)
@@ -143,8 +151,12 @@ class Rollout(object):
         fields = {"candidate": ref, "desired_id": d.id}
         if d.device != self.device_id:
             raise EdgesightError("the message is for device %s, not %s" % (d.device, self.device_id))
-        if d.expires is not None and d.expires < payloads.iso(time.time()):
+        if d.expires is not None and parse_ts(d.expires) < time.time():
             self.report("rejected", reason="the message expired at %s" % d.expires, **fields)
+            return
+        if d.archive.size > self.cfg.max_package_bytes:
+            self.report("rejected", reason="the package is %d bytes; models.max_package_bytes is %d" % (
+                d.archive.size, self.cfg.max_package_bytes), **fields)
             return
         if d.counter == active.counter and (d.name, d.version) == (active.name, active.version):
             log.info("desired %s %s (counter %d) is the active model", d.name, d.version, d.counter)
@@ -161,8 +173,14 @@ class Rollout(object):
             return
         if self.desired is not None and self.desired.counter == d.counter and self.desired.id == d.id:
             return
+        free = shutil.disk_usage(self.store.root).free
+        if free < 2 * d.archive.size + (16 << 20):  # the download and its unpacked copy, and some room
+            self.report("rejected", reason="not enough disk space in %s: %d bytes free, the package needs %d twice"
+                        % (self.store.root, free, d.archive.size), **fields)
+            return
         self.abandon("replaced by counter %d" % d.counter)
-        self.desired, self.phase = d, "fetching"
+        self.store.begin(ref, d.id)
+        self.desired, self.phase, self._reported = d, "fetching", (None, -1.0)
         self.fetch = Fetch(d, self.store, self.cfg, self.open_model).start()
         log.info("rolling out %s %s (counter %d) from %s", d.name, d.version, d.counter, d.url)
         self.report("downloading", progress=0.0, **fields)
@@ -249,18 +267,23 @@ class Rollout(object):
     def _begin_health(self, desired_id: Optional[str], seconds: float, before: Any, shadow: Any = None) -> None:
         self.phase = "health"
         self._health = {"start": time.monotonic(), "seconds": seconds, "frames": 0, "uncertain": 0,
-                        "before": before or (None, None), "shadow": shadow, "desired_id": desired_id}
+                        "before": before or (None, None), "shadow": shadow, "desired_id": desired_id,
+                        "fps_start": time.monotonic(), "fps_frames": 0}
         self.report("active", health="watching", shadow=shadow, desired_id=self._health["desired_id"])
         self._watch(None, time.time())
 
     def _watch(self, outcome: Optional[Outcome], now: float) -> None:
         h = self._health
+        mono = time.monotonic()
         if outcome is not None:
             h["frames"] += 1
+            h["fps_frames"] += 1
             h["uncertain"] += not outcome.accepted
-        verdict, reason = health_verdict(time.monotonic() - h["start"], h["frames"], h["uncertain"], h["before"][0],
+        if not self.cameras_live():  # an outage is the camera's, not the model's: the frame rate starts over
+            h["fps_start"], h["fps_frames"] = mono, 0
+        verdict, reason = health_verdict(mono - h["start"], h["frames"], h["uncertain"], h["before"][0],
                                          h["before"][1], self.cfg.min_fps_ratio, self.cfg.max_uncertain_increase,
-                                         h["seconds"])
+                                         h["seconds"], (mono - h["fps_start"], h["fps_frames"]))
         if verdict == "failed":
             self.rollback(reason or "health check failed")
         elif verdict == "passed":
@@ -323,9 +346,11 @@ class Rollout(object):
             self.candidate.rt.close()
             self.candidate = None
 
-    def abandon(self, why: str) -> None:
+    def abandon(self, why: str, stopping: bool = False) -> None:
         """Stop a rollout in progress (a newer message, the agent stopping); its files stay for a resume."""
         if self.phase in ("fetching", "shadow"):
+            if stopping:
+                self.store.paused()  # a clean stop is not a death: the next start does not count against it
             log.info("rollout of counter %d abandoned: %s", self.desired.counter if self.desired else -1, why)
             self._close_candidate()
             self.phase, self.desired, self.shadow = None, None, None

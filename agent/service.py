@@ -199,7 +199,8 @@ class Agent(object):
             return predict(loaded.rt, loaded.model, self.settings_for(loaded), tensor)
 
         rollout = Rollout(cfg.models, self.store, cfg.device_id, cfg.mqtt.topic_prefix, outbox, cur, self.open_model,
-                          apply, infer, health_seconds=self._probation)
+                          apply, infer, health_seconds=self._probation,
+                          cameras_live=lambda: all(c.state == "online" for c in caps))
         link.subscriptions[rollout.topic] = 1
         if self._boot_note is not None:
             note = self._boot_note
@@ -265,7 +266,7 @@ class Agent(object):
 
     def _stop(self, p: "_Parts") -> None:
         self.notifier.stopping()
-        p.rollout.abandon("the agent is stopping")
+        p.rollout.abandon("the agent is stopping", stopping=True)
         if p.metrics is not None:
             p.metrics.stop()
         p.prefetch.stop()

@@ -81,11 +81,14 @@ class Baseline(object):
 
 def health_verdict(elapsed: float, frames: int, uncertain: int, before_fps: Optional[float],
                    before_uncertain: Optional[float], min_fps_ratio: float, max_uncertain_increase: float,
-                   window: float) -> Tuple[str, Optional[str]]:
+                   window: float, fps_span: Optional[Tuple[float, int]] = None) -> Tuple[str, Optional[str]]:
     """("watching" | "passed" | "failed", reason) for a model swapped in ``elapsed`` seconds ago that has since
-    processed ``frames`` frames, ``uncertain`` of them below threshold."""
-    if before_fps and elapsed >= min(3.0, window / 2.0):
-        fps = frames / elapsed
+    processed ``frames`` frames, ``uncertain`` of them below threshold. The frame rate is judged over
+    ``fps_span`` = (seconds, frames) since every camera was last delivering (default: the whole time), so a camera
+    outage is not blamed on the model."""
+    fps_elapsed, fps_frames = fps_span if fps_span is not None else (elapsed, frames)
+    if before_fps and fps_elapsed >= min(3.0, window / 2.0):
+        fps = fps_frames / fps_elapsed
         if fps < min_fps_ratio * before_fps:
             return "failed", "frame rate fell to %.1f fps from %.1f before the swap (bound %.0f%%)" % (
                 fps, before_fps, 100 * min_fps_ratio)

@@ -126,7 +126,7 @@ def open_envelope(data: bytes, keys: Dict[str, Any], allow_unsigned: bool = Fals
         raise SignatureError("the signed message is %d bytes (at most %d)" % (len(data), MAX_ENVELOPE))
     try:
         env = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SignatureError("not a signed edgesight message (not JSON: %s)" % str(exc)[:200])
     if not isinstance(env, dict) or env.get("kind") != KIND or not isinstance(env.get("body"), str):
         raise SignatureError("not a signed edgesight message (want kind %r and a body)" % KIND)

@@ -15,7 +15,7 @@ from edgesight.contract.signing import SignatureError, open_envelope, sign, trus
 from edgesight.errors import RolloutError
 from edgesight.contract.pack import unpack
 
-from support.rollout import Keys, desired, evil_pack, fault_server, packed, serve_as, variant
+from support.rollout import FaultHandler, Keys, desired, evil_pack, fault_server, packed, serve_as, variant
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,17 @@ def test_download_resumes_with_range_and_checks_the_sha256(v2, tmp_path):
         server.stop()
 
 
+def test_a_transfer_that_breaks_off_is_resumed_from_where_it_stopped(v2, tmp_path):
+    server = fault_server(tmp_path / "www")
+    try:
+        _, digest, size = read_pack(v2)
+        url = serve_as(server, v2, "flaky-v2.espkg")
+        download(url, str(tmp_path / "dl"), size, digest, 5, 3, 0.1, threading.Event())
+        assert FaultHandler.ranges[-2:] == [None, "bytes=%d-" % (size // 2)]
+    finally:
+        server.stop()
+
+
 def test_download_gives_up_on_stalls_short_files_and_http_errors(v2, tmp_path):
     server = fault_server(tmp_path / "www")
     try:
@@ -166,6 +177,18 @@ def test_a_crash_loop_after_a_swap_comes_up_on_the_previous_model(tmp_path):
     assert _store(tmp_path).finished(7)["state"] == "rolled_back"
 
 
+def test_dying_during_a_rollout_abandons_it_after_crash_starts_but_a_clean_stop_does_not_count(tmp_path):
+    ref = ModelRef(name="m", version="9", counter=9)
+    store = _store(tmp_path, crash_starts=2)
+    store.begin(ref, "id-9")
+    store.paused()  # SIGTERM during the download
+    assert _store(tmp_path, crash_starts=2).boot().note is None
+    assert _store(tmp_path, crash_starts=2).boot().note is None  # one death
+    boot = _store(tmp_path, crash_starts=2).boot()  # two: abandoned, remembered
+    assert boot.note["state"] == "rejected" and "died 2 times" in boot.note["reason"]
+    assert boot.version.path == "/factory" and _store(tmp_path).finished(9)["state"] == "rejected"
+
+
 def test_an_unreadable_pointer_starts_on_the_configs_package(tmp_path):
     store = _store(tmp_path)
     store.activate(_version(store, 2), "id", 1.0)
@@ -190,6 +213,8 @@ def test_health_verdicts():
     assert verdict == "failed" and "uncertain" in reason
     assert health_verdict(10.0, 100, 5, 10.0, 0.1, **args)[0] == "passed"
     assert health_verdict(1.0, 0, 0, None, None, **args)[0] == "watching"
+    # the camera was away for most of the window: the frame rate counts from its return only
+    assert health_verdict(8.0, 10, 0, 10.0, 0.1, fps_span=(1.0, 10), **args)[0] == "watching"
     b = Baseline(window=30.0)
     for i in range(40):
         b.add(100.0 + i * 0.1, i % 4 != 0)

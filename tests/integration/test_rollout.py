@@ -148,6 +148,14 @@ def test_bad_rollouts_are_rejected_and_the_agent_keeps_publishing_on_v1(broker, 
         cases.append(("permuted labels", msg.id, raw, "agreement", None))
         msg, raw = desired(kit["engine"], serve_as(server, kit["engine"], "eng.espkg"), "dev1", keys, counter=130)
         cases.append(("does not load here", msg.id, raw, "tensorrt|TensorRT", None))
+        msg, raw = desired(v2, serve_as(server, v2, "huge.espkg"), "dev1", keys, counter=107,
+                           archive=Archive(sha256=digest, size=3 << 30))
+        cases.append(("larger than max_package_bytes", msg.id, raw, "max_package_bytes", "/huge.espkg"))
+        msg, raw = desired(v2, serve_as(server, v2, "old.espkg"), "dev1", keys, counter=108,
+                           expires="2020-01-01T00:00:00.000Z")
+        cases.append(("expired", msg.id, raw, "expired", "/old.espkg"))
+        msg, raw = desired(v2, serve_as(server, v2, "other.espkg"), "dev2", keys, counter=109)
+        cases.append(("another device's message", None, raw, "not dev1", "/other.espkg"))
         for what, mid, raw, why, never in cases:
             n = len(states(col))
             before = len(results(col))
@@ -277,7 +285,7 @@ def test_canary_rejects_and_the_other_devices_never_receive_the_message(broker, 
             assert col.wait_for(lambda c: len(results(c, "dev%d" % i)) >= 3, 90)
         url = serve_as(kit["server"], kit["permuted"], "canary.espkg")
         cli = subprocess.run([sys.executable, "-m", "edgesight", "deploy", kit["permuted"], "--url", url,
-                              "--device", "dev1", "--device", "dev2", "--device", "dev3", "--canary", "1",
+                              "--all-online", "--canary", "1",
                               "--key", kit["keys"].priv, "--host", "127.0.0.1", "--port", str(broker.port),
                               "--shadow-frames", "20", "--health-seconds", "2", "--timeout", "90"],
                              capture_output=True, text=True, timeout=150)

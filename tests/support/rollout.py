@@ -124,18 +124,27 @@ def evil_pack(src_pack, out):
 
 class FaultHandler(Handler):
     """Files as the real server serves them, except: ``stall-*`` stops sending after half the body and holds the
-    connection; ``slow-*`` sends 16 KiB every 0.1 s. Every request path is recorded."""
+    connection; ``slow-*`` sends 16 KiB every 0.1 s; ``flaky-*`` breaks the first transfer off at half the file.
+    Every request path (and Range header) is recorded."""
 
     requests = []
+    ranges = []
     lock = threading.Lock()
 
     def _serve(self, body):
         with self.lock:
             self.requests.append(self.path)
+            self.ranges.append(self.headers.get("Range"))
         super()._serve(body)
 
     def _copy(self, f, n):
         name = os.path.basename(self.path)
+        if name.startswith("flaky-") and self.ranges[-1] is None:
+            self.wfile.write(f.read(n // 2))
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         if name.startswith("stall-"):
             self.wfile.write(f.read(n // 2))
             self.wfile.flush()
@@ -158,6 +167,7 @@ class FaultHandler(Handler):
 def fault_server(folder):
     os.makedirs(str(folder), exist_ok=True)
     FaultHandler.requests = []
+    FaultHandler.ranges = []
     return PackServer(str(folder), "127.0.0.1", 0, handler=FaultHandler).start()
 
 
