@@ -13,7 +13,9 @@ def register(sub: Any) -> None:
                        description="edgesight collect [run] DATASET [options] | edgesight collect export DATASET ...")
     csub = p.add_subparsers(dest="collect_command", metavar="run|export")
     c = csub.add_parser("run", help="subscribe and store samples (the default: `edgesight collect DATASET`)")
-    c.add_argument("dataset", help="dataset folder (created when missing)")
+    c.add_argument("dataset", help="dataset folder (created when missing), or s3://BUCKET/PREFIX (docs/collect.md)")
+    c.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (MinIO, Ceph RGW, Garage, R2); "
+                   "default AWS. Credentials the AWS way: environment, AWS_PROFILE, instance role")
     c.add_argument("--host", default="localhost")
     c.add_argument("--port", type=port, default=1883)
     c.add_argument("--topic-prefix", default="edgesight")
@@ -41,11 +43,13 @@ def register(sub: Any) -> None:
     c.add_argument("--json", action="store_true", help="print a JSON summary on exit")
     c.set_defaults(func=run_collect)
     c = csub.add_parser("export", help="Label Studio tasks or class folders from a collected dataset")
-    c.add_argument("dataset")
+    c.add_argument("dataset", help="dataset folder or s3://BUCKET/PREFIX")
+    c.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (default AWS)")
     c.add_argument("--format", choices=("labelstudio", "folder"), required=True)
     c.add_argument("--out", required=True, help="labelstudio: tasks JSON file; folder: output folder")
     c.add_argument("--image-root", help="labelstudio: URL prefix of the dataset's files (default: Label Studio "
-                   "local files, /data/local-files/?d=<dataset folder name>/)")
+                   "local files, /data/local-files/?d=<dataset folder name>/; for s3:// datasets s3://BUCKET/KEY, "
+                   "which Label Studio's S3 source storage resolves)")
     c.add_argument("--labels", help="labelstudio: labels file (one per line) for the choices; default: the "
                    "labels seen in the dataset")
     c.add_argument("--json", action="store_true")
@@ -83,7 +87,7 @@ def run_collect(args: argparse.Namespace) -> int:
                           session_expiry=args.session_expiry, max_bytes=args.max_bytes,
                           reconnect_max=args.reconnect_max,
                           progress_interval=args.progress_interval, max_samples=args.max_samples,
-                          idle_exit=args.idle_exit)
+                          idle_exit=args.idle_exit, s3_endpoint=args.s3_endpoint)
     summary = Collector(opts).run(stop_on_signals())
     if args.json:
         out(json.dumps(summary, indent=1))
@@ -100,9 +104,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     if args.format == "labelstudio":
         labels = read_labels(args.labels, field="--labels") if args.labels else None
-        summary = export_labelstudio(args.dataset, args.out, args.image_root, labels)
+        summary = export_labelstudio(args.dataset, args.out, args.image_root, labels, s3_endpoint=args.s3_endpoint)
     else:
-        summary = export_folder(args.dataset, args.out)
+        summary = export_folder(args.dataset, args.out, s3_endpoint=args.s3_endpoint)
     if args.json:
         out(json.dumps(summary, indent=1))
     elif args.format == "labelstudio":

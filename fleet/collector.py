@@ -19,7 +19,7 @@ from ..contract.client import CLI_FIELDS, ClientSettings, make_client
 from ..contract.topics import sample_subscription
 from ..errors import BrokerError, ConfigError, require_module
 from .intake import Rejected, parse_sample
-from .store import Dataset
+from .stores import StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class CollectOptions:
     max_samples: Optional[int] = None
     idle_exit: Optional[float] = None
     connect_timeout: float = 30.0
+    s3_endpoint: Optional[str] = None  # s3:// datasets: a non-AWS endpoint (MinIO, Ceph RGW, Garage, moto)
 
     def topic(self) -> str:
         plain = sample_subscription(self.topic_prefix)
@@ -78,7 +79,7 @@ class Collector(object):
         self.client_id = opts.client_id or "edgesight-collect-%s-%s" % (socket.gethostname().split(".")[0],
                                                                         opts.group)
         require_module("PIL.Image", "edgesight collect (checking sample JPEGs)", "fleet", package="Pillow")
-        self.dataset = Dataset(opts.dataset, collector=self.client_id)
+        self.dataset = open_store(opts.dataset, collector=self.client_id, s3_endpoint=opts.s3_endpoint)
         self.stats = Stats()
         self.inbox: "queue.Queue[Tuple[int, int, str, bytes]]" = queue.Queue()
         self.connected = threading.Event()
@@ -132,11 +133,16 @@ class Collector(object):
                                                                                 o.connect_timeout))
                 time.sleep(0.05)
             self._loop(stop)
+        except BaseException:
+            self.dataset.close()
+            raise
         finally:
             self.client.disconnect()
             self.client.loop_stop()
+        try:
+            return self.summary()
+        finally:
             self.dataset.close()
-        return self.summary()
 
     def _loop(self, stop: threading.Event) -> None:
         o = self.opts
@@ -193,6 +199,8 @@ class Collector(object):
                 self._reject(topic, body, "unreadable payload (%s: %s)" % (type(exc).__name__, str(exc)[:300]))
         try:
             stored, dupes = self.dataset.add_batch([c[0] for c in checked])
+        except StoreUnavailable:  # the store is away for too long: stop, acknowledge nothing (sent again later)
+            raise
         except Exception as exc:  # one sample may be the cause: store them one by one, reject what fails
             log.warning("storing a batch of %d failed (%s: %s): storing one by one", len(checked),
                         type(exc).__name__, exc)
@@ -200,6 +208,8 @@ class Collector(object):
             for sample, topic, body in checked:
                 try:
                     one, dup = self.dataset.add_batch([sample])
+                except StoreUnavailable:
+                    raise
                 except Exception as exc1:  # the sample cannot be stored; if the disk is at fault, so is reject()
                     self._reject(topic, body, "cannot store it (%s: %s)" % (type(exc1).__name__, str(exc1)[:300]))
                     continue
@@ -226,7 +236,7 @@ class Collector(object):
         span = (s.last_stored - s.first_stored) if s.first_stored and s.last_stored else 0.0
         return {"dataset": self.dataset.root, "client_id": self.client_id, "received": s.received,
                 "stored": s.stored, "duplicates": s.duplicates, "rejected": s.rejected,
-                "rejected_reasons": dict(s.reasons), "dataset_total": len(self.dataset),
+                "rejected_reasons": dict(s.reasons), "dataset_total": self.dataset.total(),
                 "by_label": dict(sorted(self.dataset.counts.items())),
                 "elapsed_s": round(time.time() - s.started, 3),
                 "stored_per_s": round((s.stored - 1) / span, 1) if span > 0 and s.stored > 1 else None}

@@ -9,20 +9,15 @@ from xml.sax.saxutils import quoteattr
 
 from ..errors import ConfigError
 from .intake import folder_name
-from .store import MANIFEST, read_manifest
+from .stores import Store, is_s3, open_store
 
 log = logging.getLogger(__name__)
 
 FROM_NAME, TO_NAME = "label", "image"  # the control and object tag names of label_config.xml
 
 
-def _records(dataset: str) -> List[Dict[str, Any]]:
-    if not os.path.isfile(os.path.join(dataset, MANIFEST)):
-        raise ConfigError("no %s here: not a dataset written by `edgesight collect`" % MANIFEST, file=dataset)
-    try:
-        return list(read_manifest(dataset))
-    except (ValueError, KeyError) as exc:
-        raise ConfigError("unreadable manifest line (%s)" % exc, file=os.path.join(dataset, MANIFEST))
+def _open(dataset: str, s3_endpoint: Optional[str]) -> Store:
+    return open_store(dataset, collector="edgesight-export", s3_endpoint=s3_endpoint, create=False)
 
 
 def label_config(labels: List[str]) -> str:
@@ -32,14 +27,14 @@ def label_config(labels: List[str]) -> str:
             'showInline="true">\n%s\n  </Choices>\n</View>\n' % (TO_NAME, FROM_NAME, TO_NAME, choices))
 
 
-def labelstudio_tasks(records: List[Dict[str, Any]], image_root: str) -> List[Dict[str, Any]]:
+def labelstudio_tasks(records: List[Dict[str, Any]], urls: List[str]) -> List[Dict[str, Any]]:
     """Label Studio's task import format: ``data`` (the image URL and our metadata) and ``predictions`` whose
     ``result`` pre-selects the device's predicted class (https://labelstud.io/guide/predictions)."""
     tasks = []
-    for r in records:
+    for r, url in zip(records, urls):
         model = r.get("model") or {}
         tasks.append({
-            "data": {"image": image_root + r["file"], "sample_id": r["id"], "device": r["device"],
+            "data": {"image": url, "sample_id": r["id"], "device": r["device"],
                      "camera": r["camera"], "reason": r["reason"], "captured": r["captured"],
                      "top_k": ", ".join("%s %.3f" % (t["label"], t["score"]) for t in r.get("top_k", []))},
             "predictions": [{
@@ -53,14 +48,19 @@ def labelstudio_tasks(records: List[Dict[str, Any]], image_root: str) -> List[Di
 
 
 def export_labelstudio(dataset: str, out: str, image_root: Optional[str] = None,
-                       labels: Optional[List[str]] = None) -> Dict[str, Any]:
+                       labels: Optional[List[str]] = None, s3_endpoint: Optional[str] = None) -> Dict[str, Any]:
     """Write ``out`` (tasks JSON) and ``label_config.xml`` beside it. ``image_root`` prefixes each image's path
     inside the dataset; the default suits Label Studio's local file serving with LOCAL_FILES_DOCUMENT_ROOT set to
-    the dataset's parent folder."""
-    records = _records(dataset)
-    root = image_root if image_root is not None else "/data/local-files/?d=%s/" % os.path.basename(
-        os.path.abspath(dataset))
-    tasks = labelstudio_tasks(records, root)
+    the dataset's parent folder, and for an S3 dataset the ``s3://bucket/key`` URLs that Label Studio's S3 source
+    storage resolves (pre-signed) for the annotators."""
+    store = _open(dataset, s3_endpoint)
+    try:
+        records = list(store.records())  # the folder store: manifest order; S3: sorted by arrival
+        if is_s3(dataset):
+            records.sort(key=lambda r: (r.get("received", ""), r["id"]))
+        tasks = labelstudio_tasks(records, [store.image_url(r, image_root) for r in records])
+    finally:
+        store.close()
     names = labels or sorted({r["label"] for r in records})
     missing = sorted({r["label"] for r in records} - set(names))
     if missing:
@@ -74,24 +74,46 @@ def export_labelstudio(dataset: str, out: str, image_root: Optional[str] = None,
     return {"format": "labelstudio", "tasks": len(tasks), "out": out, "label_config": xml, "labels": names}
 
 
-def export_folder(dataset: str, out: str) -> Dict[str, Any]:
-    """``out/<label>/<file>.jpg`` for every stored sample (hard links where the file system allows, else copies)."""
-    records = _records(dataset)
-    if os.path.abspath(out) == os.path.abspath(dataset):
+def export_folder(dataset: str, out: str, s3_endpoint: Optional[str] = None) -> Dict[str, Any]:
+    """``out/<label>/<file>.jpg`` for every stored sample (hard links where the file system allows, else copies;
+    from S3, downloads)."""
+    if not is_s3(dataset) and os.path.abspath(out) == os.path.abspath(dataset):
         raise ConfigError("--out must differ from the dataset folder", field="--out")
+    store = _open(dataset, s3_endpoint)
     counts: Dict[str, int] = {}
-    for r in records:
-        src = os.path.join(dataset, r["file"])
+    try:
+        for r in store.records():
+            dst_dir = os.path.join(out, folder_name(r["label"]))
+            dst = os.path.join(dst_dir, os.path.basename(r["file"]))
+            if not _place(store, r, dst):
+                continue
+            counts[r["label"]] = counts.get(r["label"], 0) + 1
+    finally:
+        store.close()
+    return {"format": "folder", "images": sum(counts.values()), "out": out, "by_label": dict(sorted(counts.items()))}
+
+
+def _place(store: Store, rec: Dict[str, Any], dst: str) -> bool:
+    """The record's image at ``dst`` (kept when there already); False when the store lacks it."""
+    if os.path.exists(dst):
+        return True
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    path = getattr(store, "image_path", None)
+    if path is not None:  # the folder store: a hard link, else a copy
+        src = path(rec)
         if not os.path.isfile(src):
             log.warning("%s is in the manifest but not on disk; skipped", src)
-            continue
-        dst_dir = os.path.join(out, folder_name(r["label"]))
-        os.makedirs(dst_dir, exist_ok=True)
-        dst = os.path.join(dst_dir, os.path.basename(r["file"]))
-        if not os.path.exists(dst):
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
-        counts[r["label"]] = counts.get(r["label"], 0) + 1
-    return {"format": "folder", "images": sum(counts.values()), "out": out, "by_label": dict(sorted(counts.items()))}
+            return False
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+        return True
+    data = store.read_image(rec)
+    if data is None:
+        log.warning("%s has no image %s; skipped", store.root, rec["file"])
+        return False
+    with open(dst + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(dst + ".tmp", dst)
+    return True

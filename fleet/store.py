@@ -26,6 +26,7 @@ from ..contract.payloads import iso
 from ..errors import ConfigError
 from ..files import atomic_write, fsync_dir
 from .intake import Sample, folder_name, manifest_record
+from .stores import Store
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,14 @@ def read_manifest(root: str) -> Iterator[Dict[str, Any]]:
             yield rec
 
 
-class Dataset(object):
-    def __init__(self, root: str, collector: str = "edgesight-collect") -> None:
+class Dataset(Store):
+    """The folder store: one machine (the lock is a local file lock; not to be trusted over NFS)."""
+
+    def __init__(self, root: str, collector: str = "edgesight-collect", create: bool = True) -> None:
         self.root = os.path.abspath(root)
         self.collector = collector
+        if not create and not os.path.isfile(os.path.join(self.root, MANIFEST)):
+            raise ConfigError("no %s here: not a dataset written by `edgesight collect`" % MANIFEST, file=root)
         try:
             os.makedirs(os.path.join(self.root, REJECTED), exist_ok=True)
         except OSError as exc:
@@ -152,6 +157,11 @@ class Dataset(object):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def total(self) -> int:
+        with self._locked():
+            self._catch_up()
+        return len(self.ids)
+
     # -- storing ---------------------------------------------------------------------------------------------
     def file_for(self, s: Sample) -> str:
         """``<class folder>/<message id>.jpg``: the name comes from the checked id, never from free payload text
@@ -215,6 +225,23 @@ class Dataset(object):
             rec["payload_base64"] = base64.b64encode(kept).decode("ascii")
         atomic_write(os.path.join(self.root, REJECTED, name), json.dumps(rec, indent=1), sync_dir=True)
         return name
+
+    def records(self) -> Iterator[Dict[str, Any]]:
+        return read_manifest(self.root)
+
+    def read_image(self, rec: Dict[str, Any]) -> Optional[bytes]:
+        path = os.path.join(self.root, rec["file"])
+        if not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    def image_path(self, rec: Dict[str, Any]) -> str:
+        return os.path.join(self.root, rec["file"])
+
+    def image_url(self, rec: Dict[str, Any], image_root: Optional[str]) -> str:
+        root = image_root if image_root is not None else "/data/local-files/?d=%s/" % os.path.basename(self.root)
+        return root + rec["file"]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -90,7 +90,7 @@ def test_the_device_command_engine_build_imports_nothing_host_side():
 
 
 BLOCKED = ("scipy", "onnxruntime", "onnx", "ai_edge_litert", "tflite_runtime", "tensorflow", "tensorrt", "cv2", "PIL",
-           "paho", "pycuda", "cuda", "cryptography")
+           "paho", "pycuda", "cuda", "cryptography", "boto3", "botocore")
 
 
 def test_everything_imports_without_the_heavy_packages_and_using_a_feature_names_the_extra(tmp_path):
@@ -108,6 +108,6 @@ def test_everything_imports_without_the_heavy_packages_and_using_a_feature_names
                            ("tensorrt backend", "tensorrt"), ("reading an image", "camera"),
                            ("a camera", "camera"), ("the agent's MQTT link", "agent"), ("the collector", "fleet"),
                            ("reading an ONNX model", "convert"), ("fitting a temperature", "convert"),
-                           ("verifying a signed rollout", "agent")):
+                           ("verifying a signed rollout", "agent"), ("the S3 store", "s3")):
         got = report["features"][feature]
         assert got == "MissingDependencyError:%s" % extra, (feature, got)

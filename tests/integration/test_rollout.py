@@ -29,6 +29,8 @@ def kit(tmp_path_factory):
     k["v3"] = packed(variant(d / "v3", version="3.0.0"), d / "v3.espkg", keys, counter=200)
     k["permuted"] = packed(variant(d / "perm", version="2.1.0", labels=PERMUTED), d / "perm.espkg", keys, 110)
     k["failing"] = packed(variant(d / "fail", version="2.2.0", edit=fails_on_frames), d / "fail.espkg", keys, 120)
+    k["never"] = packed(variant(d / "never", version="2.4.0", edit=lambda _, m: m["thresholds"].update(default=1.0)),
+                        d / "never.espkg", keys, 140)
     k["engine"] = packed(variant(d / "eng", version="2.3.0", edit=engine_only), d / "eng.espkg", keys, 130)
     server = fault_server(d / "www")
     k["server"] = server
@@ -201,6 +203,22 @@ def test_a_candidate_that_fails_on_real_frames_after_the_swap_is_rolled_back(bro
     seq = [r["frame"] for r in results(col)]
     assert seq == list(range(seq[0], seq[0] + len(seq)))  # the frame that failed ran again on v1
     assert set(r["model"]["version"] for r in results(col)) == {"1.0.0"}
+    # the same agent once more: a candidate that agrees in shadow but accepts nothing after the swap
+    col = Collector(broker.port)
+    agent = start_agent(config(tmp_path, broker.port, kit))
+    try:
+        assert col.wait_for(lambda c: len(results(c)) >= 40, 60)  # a baseline: the uncertain share before
+        msg, raw = desired(kit["never"], serve_as(kit["server"], kit["never"], "never.espkg"), "dev1", kit["keys"],
+                           policy=RolloutPolicy(shadow_frames=10, health_seconds=60))
+        send(broker.port, raw)
+        st = wait_state(col, lambda s: s.get("desired_id") == msg.id and s["state"] == "rolled_back")
+        assert "uncertain results surged" in st["reason"] and st["active"]["version"] == "1.0.0"
+        n = len(results(col))
+        assert col.wait_for(lambda c: len(results(c)) > n + 5 and results(c)[-1]["model"]["version"] == "1.0.0", 30)
+    finally:
+        stop(agent)
+        col.close()
+    assert "2.4.0" in {r["model"]["version"] for r in results(col)}  # it did run, then was rolled back
     # the rejected counter is remembered: the retained message is not tried again at the next start
     col = Collector(broker.port)
     agent = start_agent(config(tmp_path, broker.port, kit))

@@ -105,7 +105,13 @@ def _verify():
     open_envelope(b'{"kind": "edgesight.signed/1", "key": "k", "sig": "AA==", "body": "e30="}', trusted([model]))
 
 
-features.update({"verifying a signed rollout": _verify, "reading an image": _image, "a camera": _camera, "the agent's MQTT link": _link,
+def _s3():
+    from edgesight.fleet.stores import open_store
+
+    open_store("s3://bucket/prefix")
+
+
+features.update({"the S3 store": _s3, "verifying a signed rollout": _verify, "reading an image": _image, "a camera": _camera, "the agent's MQTT link": _link,
                  "the collector": _collector, "reading an ONNX model": _onnx, "fitting a temperature": _temperature})
 print(json.dumps({"modules": count, "import_failures": failures,
                   "features": {k: outcome(v) for k, v in features.items()}}))

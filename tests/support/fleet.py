@@ -91,10 +91,11 @@ def bomb_header() -> bytes:
 RUNNING = []  # every collector a test started; reap() (an autouse fixture in conftest) stops what a failure left
 
 
-def start_collector(dataset, port, *extra):
+def start_collector(dataset, port, *extra, env=None):
     proc = subprocess.Popen([sys.executable, "-m", "edgesight", "collect", str(dataset), "--port", str(port),
                              "--host", "127.0.0.1", "--progress-interval", "0.5", "--json"] + list(extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                            env=dict(os.environ, **(env or {})))
     RUNNING.append(proc)
     return proc
 
