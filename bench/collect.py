@@ -1,12 +1,14 @@
 """Collector benchmark: samples stored per second with ~50 KB JPEGs, through a local mosquitto.
 
-    python bench/collect.py [--samples 3000] [--collectors 1] [--rounds 3] [--kb 50]
+    python bench/collect.py [--samples 3000] [--collectors 1] [--rounds 3] [--kb 50] [--store folder|s3]
 
 A publisher (one paho client, QoS 1, 100 in flight) sends pre-built v1 sample payloads from three "devices" as fast
 as the broker takes them; `edgesight collect` runs as its own process (as in production) with --json, and reports
 stored/s from its first to its last stored sample. Every sample is written durably (image fsync + rename, manifest
 fsync per batch) before it is acknowledged. Target (collector issue): >= 300 samples/s on 2 cores. Needs mosquitto.
-Publisher, broker and collector share the machine's cores.
+Publisher, broker and collector share the machine's cores. ``--store s3``: the collectors write
+``s3://bench/ds`` on moto's standalone S3 server on loopback (also on these cores; it keeps objects in memory),
+each sample an image put and a conditional record put.
 """
 import argparse
 import io
@@ -30,6 +32,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from edgesight.contract import payloads  # noqa: E402
 from edgesight.fleet.store import read_manifest  # noqa: E402
 from support.mqtt import Broker  # noqa: E402
+from support.s3 import CREDENTIALS, S3Server  # noqa: E402
 
 MODEL = {"name": "bench", "version": "1", "sha256": "0" * 12}
 
@@ -58,15 +61,30 @@ def build(n: int, kb: int):
     return msgs
 
 
-def one_round(port: int, msgs, collectors: int, work: str, rate: float = 0.0):
+def stored_count(ds: str, s3) -> int:
+    if s3 is not None:
+        return len(s3.keys("bench", "%s/samples/" % ds))
+    manifest = os.path.join(ds, "manifest.jsonl")
+    if not os.path.exists(manifest):
+        return 0
+    with open(manifest, "rb") as f:
+        return f.read().count(b"\n")
+
+
+def one_round(port: int, msgs, collectors: int, work: str, rate: float = 0.0, s3=None, n: int = 0):
     import paho.mqtt.client as mqtt
 
-    ds = os.path.join(work, "ds")
-    shutil.rmtree(ds, ignore_errors=True)
-    procs = [subprocess.Popen([sys.executable, "-m", "edgesight", "collect", ds, "--host", "127.0.0.1", "--port",
+    if s3 is not None:
+        ds, target, extra = "ds%d" % n, "s3://bench/ds%d" % n, ["--s3-endpoint", s3.url]
+    else:
+        ds = os.path.join(work, "ds")
+        shutil.rmtree(ds, ignore_errors=True)
+        target, extra = ds, []
+    env = dict(os.environ, **(CREDENTIALS if s3 is not None else {}))
+    procs = [subprocess.Popen([sys.executable, "-m", "edgesight", "collect", target, "--host", "127.0.0.1", "--port",
                                str(port), "--client-id", "bench-%d-%d" % (os.getpid(), k), "--group", "bench",
-                               "--quiet", "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+                               "--quiet", "--json"] + extra,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env)
              for k in range(collectors)]
     time.sleep(2.0)  # connected and subscribed
     pub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -85,14 +103,11 @@ def one_round(port: int, msgs, collectors: int, work: str, rate: float = 0.0):
     for info in infos:
         info.wait_for_publish(120)
     t_pub = time.time() - t0
-    manifest = os.path.join(ds, "manifest.jsonl")
     deadline = time.time() + 600
-    while time.time() < deadline:  # every sample on disk and in the manifest
-        if os.path.exists(manifest):
-            with open(manifest, "rb") as f:
-                if f.read().count(b"\n") >= len(msgs):
-                    break
-        time.sleep(0.05)
+    while time.time() < deadline:  # every sample stored (on disk and in the manifest, or its S3 record)
+        if stored_count(ds, s3) >= len(msgs):
+            break
+        time.sleep(0.05 if s3 is None else 0.5)
     t_end = time.time() - t0
     summaries = []
     for p in procs:
@@ -103,7 +118,7 @@ def one_round(port: int, msgs, collectors: int, work: str, rate: float = 0.0):
         summaries.append(json.loads(out))
     pub.disconnect()
     pub.loop_stop()
-    unique = len({r["id"] for r in read_manifest(ds)})
+    unique = stored_count(ds, s3) if s3 is not None else len({r["id"] for r in read_manifest(ds)})
     return sum(s["stored"] for s in summaries), unique, t_pub, t_end, [s["stored_per_s"] for s in summaries]
 
 
@@ -118,7 +133,12 @@ def main() -> int:
                     " the tests' setting, the strongest broker-side durability)")
     ap.add_argument("--rate", type=float, nargs="*", default=[0.0],
                     help="publish rates (samples/s) to try; 0 = as fast as the broker takes them (a burst)")
+    ap.add_argument("--store", choices=("folder", "s3"), default="folder")
     args = ap.parse_args()
+    s3 = None
+    if args.store == "s3":
+        s3 = S3Server().start()
+        s3.bucket("bench")
     work = tempfile.mkdtemp(prefix="edgesight-bench-collect-", dir=os.environ.get("BENCH_DIR"))
     broker = Broker(os.path.join(work, "broker"), extra_conf="max_queued_messages 100000\n",
                     save_every_change=args.save_every_change).start()
@@ -126,12 +146,14 @@ def main() -> int:
         msgs = build(args.samples, args.kb)
         sizes = [len(b) for _, b in msgs]
         print("%d samples, JPEG ~%d KB (payload median %.1f KB), %d collector(s), dataset on %s, broker %s"
-              % (len(msgs), args.kb, statistics.median(sizes) / 1024, args.collectors, work,
+              % (len(msgs), args.kb, statistics.median(sizes) / 1024, args.collectors,
+                 "s3://bench (moto server, loopback)" if s3 is not None else work,
                  "saving on every change" if args.save_every_change else "with mosquitto's default autosave"))
         for rate in args.rate:
             rates = []
             for r in range(args.rounds):
-                stored, unique, t_pub, t_end, per = one_round(broker.port, msgs, args.collectors, work, rate)
+                stored, unique, t_pub, t_end, per = one_round(broker.port, msgs, args.collectors, work, rate, s3,
+                                                              len(rates) + 10 * args.rate.index(rate))
                 rates.append(stored / t_end)
                 print("%s round %d: %d stored (%d unique in the manifest) in %.2f s from the first publish = %.0f "
                       "samples/s end to end (publisher done after %.2f s; collector-reported %s/s)"
@@ -143,6 +165,8 @@ def main() -> int:
                      "keeps up"))
     finally:
         broker.stop()
+        if s3 is not None:
+            s3.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

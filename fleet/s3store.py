@@ -61,7 +61,7 @@ class S3Store(Store):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3")
         self.counts: Dict[str, int] = {}
         self._known = 0
-        self._retrying(lambda: self.s3.head_bucket(Bucket=self.bucket), "open the bucket")
+        self._retrying(lambda: self.s3.head_bucket(Bucket=self.bucket), "open the bucket", limit=30.0)
         self._known = sum(1 for _ in self._keys("samples/"))
 
     # -- keys and retries ------------------------------------------------------------------------------------
@@ -80,9 +80,11 @@ class S3Store(Store):
         return isinstance(exc, (e.BotoCoreError, ConnectionError, TimeoutError)) and not isinstance(
             exc, e.NoCredentialsError)
 
-    def _retrying(self, op: Callable[[], Any], what: str) -> Any:
-        """``op()`` until it succeeds, retrying transient failures with capped backoff for ``retry_for`` s."""
-        end = time.monotonic() + self.retry_for
+    def _retrying(self, op: Callable[[], Any], what: str, limit: Optional[float] = None) -> Any:
+        """``op()`` until it succeeds, retrying transient failures with capped backoff for ``retry_for`` s (at
+        start, ``limit``: a wrong endpoint should not take minutes to say so)."""
+        limit = self.retry_for if limit is None else limit
+        end = time.monotonic() + limit
         attempt = 0
         while True:
             try:
@@ -92,7 +94,7 @@ class S3Store(Store):
                     self._fatal(exc, what)
                 if time.monotonic() >= end:
                     raise StoreUnavailable("cannot %s in %s for %.0f s (last: %s); nothing unstored was "
-                                           "acknowledged" % (what, self.root, self.retry_for, exc))
+                                           "acknowledged" % (what, self.root, limit, exc))
                 wait = min(self.backoff_max, 0.25 * 2 ** attempt)
                 attempt += 1
                 log.warning("S3: cannot %s (%s); again in %.1f s", what, str(exc)[:200], wait)

@@ -1,6 +1,7 @@
 """The fleet loop end to end: three real agents, two collectors in one shared subscription, one dataset, then export
 and convert on it."""
 import base64
+import hashlib
 import json
 import os
 import time
@@ -96,3 +97,71 @@ def test_three_agents_two_collectors_store_every_sample_once_then_export_and_con
     assert report["calibration"]["images"] == len(expected)
     assert not report["validation_skipped"]  # manifest.jsonl, .collect.lock, _rejected/ are not images
     assert report["artifacts"][0]["gate"]["passed"] and report["fp32"]["metrics"]["top1"] > 0.9
+
+
+def test_three_agents_two_collectors_write_one_s3_bucket_exactly_once(broker, tmp_path, monkeypatch):
+    """The scaled-out layout: collector processes on "different hosts" (nothing shared but the broker and the bucket)
+    in one shared subscription, writing one S3 dataset; then the S3 dataset exported for Label Studio."""
+    import importlib.util
+
+    from support import require_or_skip
+
+    for module in ("boto3", "moto"):
+        require_or_skip(importlib.util.find_spec(module) is not None, module)
+    from support.s3 import CREDENTIALS, S3Server
+
+    for k, v in CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
+    s3 = S3Server().start()
+    try:
+        s3.bucket("fleet")
+        observer = Observer(broker.port, topic="edgesight/+/+/sample")
+        collectors = [start_collector("s3://fleet/samples", broker.port, "--client-id", "c%d" % i, "--group", "g",
+                                      "--s3-endpoint", s3.url, env=CREDENTIALS) for i in (1, 2)]
+        time.sleep(2.0)
+        files = [p for p, _ in list_images(VAL)]
+        agents = []
+        for i in range(3):
+            folder, home = tmp_path / ("cam%d" % i), tmp_path / ("agent%d" % i)
+            folder.mkdir()
+            home.mkdir()
+            for k, f in enumerate(files[i::3][:50]):
+                os.symlink(f, str(folder / ("%03d_%s" % (k, os.path.basename(f)))))
+            cfg = agent_config(home, broker.port, device_id="dev%d" % i, thresholds={"default": 0.0},
+                               samples={"strategies": [{"type": "random", "rate": 1.0}], "max_per_minute": None,
+                                        "min_gap": 0, "dedup": {"enabled": False}},
+                               cameras=[{"name": "cam", "source": {"type": "folder", "path": str(folder), "fps": 40,
+                                                                   "loop": False}}])
+            agents.append(start_agent(cfg))
+        for a in agents:
+            _, err = a.communicate(timeout=120)
+            assert a.returncode == 0, err[-2000:]
+        sent = {}
+        for _, p, _ in observer.of("sample"):
+            sent.setdefault(p["id"], p)
+        digests = {}
+        for p in sent.values():
+            digests.setdefault(base64.b64decode(p["image"]["data"]), p["id"])
+        assert len(sent) >= 120
+        assert wait_for(lambda: len(s3.keys("fleet", "samples/samples/")) >= len(digests), 60)
+        time.sleep(1.0)
+        summaries = [stop_collector(c)[0] for c in collectors]
+        observer.close()
+        recs = [json.loads(s3.get("fleet", k)) for k in s3.keys("fleet", "samples/samples/")]
+        assert sorted(r["sha256"] for r in recs) == sorted(hashlib.sha256(d).hexdigest() for d in digests)
+        assert all(s["stored"] > 0 for s in summaries), summaries  # both collectors took part
+        assert sum(s["stored"] for s in summaries) == len(recs)
+        for r in recs:
+            assert s3.get("fleet", "samples/" + r["file"]) == base64.b64decode(sent[r["id"]]["image"]["data"])
+        out = tmp_path / "ls" / "tasks.json"
+        r = run_cli("collect", "export", "s3://fleet/samples", "--s3-endpoint", s3.url, "--format", "labelstudio",
+                    "--out", str(out), "--labels", os.path.join(EXAMPLE, "labels.txt"), env=CREDENTIALS)
+        assert r.returncode == 0, r.stderr
+        import jsonschema
+
+        tasks = json.load(open(str(out)))
+        jsonschema.validate(tasks, json.load(open(os.path.join(SUPPORT, "labelstudio_tasks.schema.json"))))
+        assert len(tasks) == len(recs) and all(t["data"]["image"].startswith("s3://fleet/samples/images/")
+                                               for t in tasks)
+    finally:
+        s3.stop()
