@@ -32,6 +32,23 @@ def _config(tmp, data=None, text=None, **sections):
     return ["agent", "--config", path, "--check-config"]
 
 
+def _keys(tmp):
+    """A key pair in tmp/keys (made once per test)."""
+    folder = tmp / "keys"
+    if not folder.exists():
+        r = run_cli("keys", "generate", "--out", folder)
+        assert r.returncode == 0, r.stderr
+    return str(folder)
+
+
+def _broken_package(tmp):
+    dst = tmp / "broken"
+    shutil.copytree(EXAMPLE_PACKAGE, str(dst))
+    with open(str(dst / "model.fp32.onnx"), "ab") as f:
+        f.write(b"tampered")
+    return str(dst)
+
+
 def _file(tmp, name, data):
     p = tmp / name
     p.write_bytes(data)
@@ -238,6 +255,30 @@ CASES = [
     ("collect ca not PEM", lambda t: ["collect", t / "ds", "--ca-file", _pem(t)], 2, ["--ca-file", "PEM"]),
     ("collect export not a dataset", lambda t: ["collect", "export", t, "--format", "folder", "--out", t / "o"], 2,
      ["manifest.jsonl"]),
+    ("collect s3 bucket name bad", lambda t: ["collect", "s3://a_b/x", "--s3-endpoint", "http://127.0.0.1:9"], 2,
+     ["s3://a_b/x", "BUCKET"]),
+    # -- rollout (keys, pack, deploy, the agent's models section) ----------------------------------------------
+    ("keys generate over an existing pair", lambda t: ["keys", "generate", "--out", _keys(t)], 2,
+     ["already exists"]),
+    ("pack key is not a key", lambda t: ["package", "pack", EXAMPLE_PACKAGE, "--out", t / "p.espkg", "--key",
+                                         _file(t, "k.key", b"hello")], 2, ["k.key", "--key"]),
+    ("pack key is the public half", lambda t: ["package", "pack", EXAMPLE_PACKAGE, "--out", t / "p.espkg",
+                                               "--key", os.path.join(_keys(t), "edgesight.pub")], 2, ["--key"]),
+    ("pack neither key nor --unsigned", lambda t: ["package", "pack", EXAMPLE_PACKAGE, "--out", t / "p.espkg"], 2,
+     ["--key"]),
+    ("pack broken package", lambda t: ["package", "pack", _broken_package(t), "--out", t / "p.espkg", "--unsigned"],
+     3, ["sha256"]),
+    ("deploy not a pack", lambda t: ["deploy", _file(t, "x.espkg", b"not a tar"), "--url", "http://h/x", "--device",
+                                     "d1", "--unsigned", "--port", "9"], 3, ["x.espkg", "packed package"]),
+    ("deploy no --url", lambda t: ["deploy", _file(t, "x.espkg", b""), "--device", "d1", "--unsigned"], 2,
+     ["--url"]),
+    ("deploy url not http", lambda t: ["deploy", _file(t, "x.espkg", b""), "--url", "file:///etc/passwd", "--device",
+                                       "d1", "--unsigned"], 2, ["--url"]),
+    ("deploy device with a wildcard", lambda t: ["deploy", _file(t, "x.espkg", b""), "--url", "http://h/x",
+                                                 "--device", "d/+", "--unsigned"], 2, ["--device"]),
+    ("agent trusted key not a key", lambda t: _config(t, models={"trusted_keys": [_file(t, "k.pub", b"nope")]}), 2,
+     ["k.pub", "models.trusted_keys"]),
+    ("agent models unknown key", lambda t: _config(t, models={"keeep": 2}), 2, ["models.keeep"]),
     ("collect export labels not UTF-8", lambda t: ["collect", "export", t, "--format", "labelstudio", "--out",
                                                    t / "o.json", "--labels", _file(t, "l.txt", b"\xff")], 2,
      ["--labels"]),
