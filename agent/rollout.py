@@ -28,7 +28,7 @@ from ..errors import EdgesightError
 from ..files import fsync_dir
 from .config import ModelsConfig
 from .fetch import download
-from .modelstore import ModelStore, Version
+from .modelstore import ModelStore
 from .outbox import Outbox
 from .shadow import Baseline, Outcome, ShadowStats, health_verdict, shadow_due
 

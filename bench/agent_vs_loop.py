@@ -101,6 +101,19 @@ def agent_config(work, pkg, images, port, threads, fps):
     return path
 
 
+def mobilenet_package(work, name="pkg"):
+    """(the FP32 ONNX, a package of it): bench/mobilenetv2.py's model with the ImageNet preprocessing."""
+    import mobilenetv2
+    from edgesight.calibration.preprocess import PreprocessSpec
+    from edgesight.converters.package_builder import create_fp32_package
+
+    model = mobilenetv2.build(os.path.join(work, "mobilenetv2.fp32.onnx"))
+    spec = PreprocessSpec(size=(224, 224), resize="letterbox", color="rgb", mean=(0.485, 0.456, 0.406),
+                          std=(0.229, 0.224, 0.225), layout="nchw")
+    return model, create_fp32_package(model, ["class_%d" % i for i in range(1000)], spec, os.path.join(work, name),
+                                      name="mobilenetv2").root
+
+
 def make_images(folder, n=60):
     import numpy as np
     from PIL import Image
@@ -133,19 +146,12 @@ def main() -> int:
         args.threads = args.threads_child
         return hand_loop(args)
 
-    import mobilenetv2
-    from edgesight.calibration.preprocess import PreprocessSpec
-    from edgesight.converters.package_builder import create_fp32_package
     from support.mqtt import Broker
 
     work = tempfile.mkdtemp(prefix="edgesight-bench-loop-")
     broker = Broker(os.path.join(work, "broker"), save_every_change=False).start()
     try:
-        model = mobilenetv2.build(os.path.join(work, "mobilenetv2.fp32.onnx"))
-        spec = PreprocessSpec(size=(224, 224), resize="letterbox", color="rgb", mean=(0.485, 0.456, 0.406),
-                              std=(0.229, 0.224, 0.225), layout="nchw")
-        pkg = create_fp32_package(model, ["class_%d" % i for i in range(1000)], spec, os.path.join(work, "pkg"),
-                                  name="mobilenetv2").root
+        model, pkg = mobilenet_package(work)
         images = make_images(os.path.join(work, "frames"))
         print("MobileNetV2 FP32 224x224 on ONNX Runtime, 640x480 JPEG folder, %d cores; N = %d and %d frames "
               "differenced, median of %d" % (os.cpu_count(), args.short, args.long, args.repeats))

@@ -32,16 +32,9 @@ def packages(work, which):
         v1 = PACKAGE
         images = os.path.join(ROOT, "examples", "digits", "images", "val")
     else:
-        import mobilenetv2
-        from agent_vs_loop import make_images
-        from edgesight.calibration.preprocess import PreprocessSpec
-        from edgesight.converters.package_builder import create_fp32_package
+        from agent_vs_loop import make_images, mobilenet_package
 
-        model = mobilenetv2.build(os.path.join(work, "mobilenetv2.fp32.onnx"))
-        spec = PreprocessSpec(size=(224, 224), resize="letterbox", color="rgb", mean=(0.485, 0.456, 0.406),
-                              std=(0.229, 0.224, 0.225), layout="nchw")
-        v1 = create_fp32_package(model, ["class_%d" % i for i in range(1000)], spec, os.path.join(work, "v1"),
-                                 name="mobilenetv2").root
+        v1 = mobilenet_package(work, "v1")[1]
         images = make_images(os.path.join(work, "frames"))
     import support.rollout as r
 

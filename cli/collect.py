@@ -4,8 +4,7 @@ import json
 import logging
 from typing import Any, List
 
-from ..errors import ConfigError
-from .common import non_negative, out, port, positive, stop_on_signals, usage
+from .common import add_broker_args, broker_password, non_negative, out, positive, stop_on_signals, usage
 
 
 def register(sub: Any) -> None:
@@ -16,21 +15,12 @@ def register(sub: Any) -> None:
     c.add_argument("dataset", help="dataset folder (created when missing), or s3://BUCKET/PREFIX (docs/collect.md)")
     c.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (MinIO, Ceph RGW, Garage, R2); "
                    "default AWS. Credentials the AWS way: environment, AWS_PROFILE, instance role")
-    c.add_argument("--host", default="localhost")
-    c.add_argument("--port", type=port, default=1883)
-    c.add_argument("--topic-prefix", default="edgesight")
+    add_broker_args(c)
     c.add_argument("--group", default="edgesight", help="shared-subscription group: collectors in one group split "
                    "the samples")
     c.add_argument("--no-share", action="store_true", help="plain subscription instead of a shared one (a single "
                    "collector; mosquitto 2.0 restores only plain subscriptions after a broker restart)")
     c.add_argument("--client-id", help="stable and unique per collector (default edgesight-collect-<host>-<group>)")
-    c.add_argument("--username")
-    c.add_argument("--password-file")
-    c.add_argument("--password-env", help="name of an environment variable holding the password")
-    c.add_argument("--tls", action="store_true", help="TLS with the system CA store")
-    c.add_argument("--ca-file")
-    c.add_argument("--cert-file", help="client certificate (mutual TLS)")
-    c.add_argument("--key-file")
     c.add_argument("--session-expiry", type=positive, default=7 * 86400,
                    help="seconds the broker keeps this collector's session and queue (default 7 days)")
     c.add_argument("--reconnect-max", type=positive, default=10, help="longest wait between reconnection attempts, "
@@ -67,17 +57,9 @@ def default_to_run(argv: List[str]) -> List[str]:
 
 
 def run_collect(args: argparse.Namespace) -> int:
-    from ..contract.client import CLI_FIELDS, read_password
-    from ..contract.topics import check_prefix
     from ..fleet.collector import CollectOptions, Collector
 
-    try:
-        check_prefix(args.topic_prefix)
-    except ValueError as exc:
-        raise ConfigError(str(exc), field="--topic-prefix")
-    password = read_password(args.password_file, args.password_env, CLI_FIELDS)
-    if (password is not None) and not args.username:
-        raise ConfigError("a password needs --username", field="--username")
+    password = broker_password(args)
     if args.verbose == 0 and not args.quiet:
         logging.getLogger("edgesight").setLevel(logging.INFO)
     opts = CollectOptions(dataset=args.dataset, host=args.host, port=args.port, topic_prefix=args.topic_prefix,

@@ -53,6 +53,36 @@ def non_negative(text: str) -> float:
     return _number(float, text, 0.0, 1e12, "a number")
 
 
+def add_broker_args(p: argparse.ArgumentParser) -> None:
+    """The broker options of the fleet commands (collect, deploy): one spelling, one set of checks."""
+    p.add_argument("--host", default="localhost")
+    p.add_argument("--port", type=port, default=1883)
+    p.add_argument("--topic-prefix", default="edgesight")
+    p.add_argument("--username")
+    p.add_argument("--password-file")
+    p.add_argument("--password-env", help="name of an environment variable holding the password")
+    p.add_argument("--tls", action="store_true", help="TLS with the system CA store")
+    p.add_argument("--ca-file")
+    p.add_argument("--cert-file", help="client certificate (mutual TLS)")
+    p.add_argument("--key-file", help="the client certificate's key (mutual TLS)")
+
+
+def broker_password(args: argparse.Namespace) -> Any:
+    """Check the broker options; the password (from --password-file or --password-env) or None."""
+    from ..contract.client import CLI_FIELDS, read_password
+    from ..contract.topics import check_prefix
+    from ..errors import ConfigError
+
+    try:
+        check_prefix(args.topic_prefix)
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="--topic-prefix")
+    password = read_password(args.password_file, args.password_env, CLI_FIELDS)
+    if password is not None and not args.username:
+        raise ConfigError("a password needs --username", field="--username")
+    return password
+
+
 def stop_on_signals() -> threading.Event:
     """A threading.Event that SIGTERM and SIGINT set: long-running commands finish their work in hand, exit 0."""
     import signal

@@ -5,7 +5,7 @@ import logging
 from typing import Any, Dict
 
 from ..errors import ConfigError
-from .common import non_negative, out, port, positive, probability
+from .common import add_broker_args, broker_password, non_negative, out, positive, probability
 
 
 def register(sub: Any) -> None:
@@ -29,29 +29,14 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=positive, default=900, help="seconds each wave may take (default 900)")
     p.add_argument("--no-wait", action="store_true", help="do not wait for the last wave to finish")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--host", default="localhost")
-    p.add_argument("--port", type=port, default=1883)
-    p.add_argument("--topic-prefix", default="edgesight")
-    p.add_argument("--username")
-    p.add_argument("--password-file")
-    p.add_argument("--password-env", help="name of an environment variable holding the password")
-    p.add_argument("--tls", action="store_true", help="TLS with the system CA store")
-    p.add_argument("--ca-file")
-    p.add_argument("--cert-file", help="client certificate (mutual TLS)")
-    p.add_argument("--key-file", help="client certificate's key (mutual TLS)")
+    add_broker_args(p)
     p.set_defaults(func=run_deploy)
 
 
 def _broker(args: argparse.Namespace) -> Any:
-    from ..contract.client import CLI_FIELDS, read_password
-    from ..contract.topics import check_prefix
     from ..fleet.deploy import Broker
 
-    try:
-        check_prefix(args.topic_prefix)
-    except ValueError as exc:
-        raise ConfigError(str(exc), field="--topic-prefix")
-    password = read_password(args.password_file, args.password_env, CLI_FIELDS)
+    password = broker_password(args)
     return Broker(host=args.host, port=args.port, topic_prefix=args.topic_prefix, username=args.username,
                   password=password, tls=args.tls, ca_file=args.ca_file, cert_file=args.cert_file,
                   key_file=args.key_file)

@@ -14,28 +14,33 @@ from support.fleet import VAL, manifest_ids, start_collector, stop_collector, wa
 from support.mqtt import Collector as Observer, agent_config, start_agent
 
 
-def test_three_agents_two_collectors_store_every_sample_once_then_export_and_convert(broker, tmp_path):
-    ds = tmp_path / "dataset"
-    observer = Observer(broker.port, topic="edgesight/+/+/sample")
-    collectors = [start_collector(ds, broker.port, "--client-id", "c%d" % i, "--group", "g") for i in (1, 2)]
-    time.sleep(1.5)  # both subscribed
+def run_three_agents(tmp_path, port, frames):
+    """Three agent processes, ``frames`` different frames each, every frame sent as a sample; waits for them."""
     files = [p for p, _ in list_images(VAL)]
     agents = []
     for i in range(3):
         folder, home = tmp_path / ("cam%d" % i), tmp_path / ("agent%d" % i)
         folder.mkdir()
         home.mkdir()
-        for k, f in enumerate(files[i::3][:60]):  # 60 different frames per device
+        for k, f in enumerate(files[i::3][:frames]):
             os.symlink(f, str(folder / ("%03d_%s" % (k, os.path.basename(f)))))
-        cfg = agent_config(home, broker.port, device_id="dev%d" % i, thresholds={"default": 0.0},
+        cfg = agent_config(home, port, device_id="dev%d" % i, thresholds={"default": 0.0},
                            samples={"strategies": [{"type": "random", "rate": 1.0}], "max_per_minute": None,
                                     "min_gap": 0, "dedup": {"enabled": False}},
                            cameras=[{"name": "cam", "source": {"type": "folder", "path": str(folder), "fps": 40,
                                                                "loop": False}}])
         agents.append(start_agent(cfg))
     for a in agents:
-        out, err = a.communicate(timeout=120)
+        _, err = a.communicate(timeout=120)
         assert a.returncode == 0, err[-2000:]
+
+
+def test_three_agents_two_collectors_store_every_sample_once_then_export_and_convert(broker, tmp_path):
+    ds = tmp_path / "dataset"
+    observer = Observer(broker.port, topic="edgesight/+/+/sample")
+    collectors = [start_collector(ds, broker.port, "--client-id", "c%d" % i, "--group", "g") for i in (1, 2)]
+    time.sleep(1.5)  # both subscribed
+    run_three_agents(tmp_path, broker.port, 60)  # 60 different frames per device
     sent = {}
     for _, p, _ in observer.of("sample"):
         sent.setdefault(p["id"], p)
@@ -119,23 +124,7 @@ def test_three_agents_two_collectors_write_one_s3_bucket_exactly_once(broker, tm
         collectors = [start_collector("s3://fleet/samples", broker.port, "--client-id", "c%d" % i, "--group", "g",
                                       "--s3-endpoint", s3.url, env=CREDENTIALS) for i in (1, 2)]
         time.sleep(2.0)
-        files = [p for p, _ in list_images(VAL)]
-        agents = []
-        for i in range(3):
-            folder, home = tmp_path / ("cam%d" % i), tmp_path / ("agent%d" % i)
-            folder.mkdir()
-            home.mkdir()
-            for k, f in enumerate(files[i::3][:50]):
-                os.symlink(f, str(folder / ("%03d_%s" % (k, os.path.basename(f)))))
-            cfg = agent_config(home, broker.port, device_id="dev%d" % i, thresholds={"default": 0.0},
-                               samples={"strategies": [{"type": "random", "rate": 1.0}], "max_per_minute": None,
-                                        "min_gap": 0, "dedup": {"enabled": False}},
-                               cameras=[{"name": "cam", "source": {"type": "folder", "path": str(folder), "fps": 40,
-                                                                   "loop": False}}])
-            agents.append(start_agent(cfg))
-        for a in agents:
-            _, err = a.communicate(timeout=120)
-            assert a.returncode == 0, err[-2000:]
+        run_three_agents(tmp_path, broker.port, 50)
         sent = {}
         for _, p, _ in observer.of("sample"):
             sent.setdefault(p["id"], p)

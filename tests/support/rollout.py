@@ -2,7 +2,6 @@
 loadable here), packed and signed, an HTTP server with faults, and desired messages built and signed as
 ``edgesight deploy`` does."""
 import hashlib
-import http.server
 import io
 import os
 import shutil
