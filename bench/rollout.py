@@ -47,13 +47,14 @@ def packages(work, which):
     return v1, v2, images
 
 
-def run_once(work, port, v1, pack_file, url, key, pub, images, share, shadow_frames):
+def run_once(work, port, v1, pack_file, url, key, pub, images, share, shadow_frames, run):
     import yaml
 
     from support.mqtt import Collector, start_agent
 
     home = tempfile.mkdtemp(dir=work)
-    cfg = {"device_id": "bench", "package": v1, "runtime": "onnxruntime", "runtime_options": {"threads": 1},
+    device = "bench-%d" % run  # a fresh device each run: no retained state or desired message from the last
+    cfg = {"device_id": device, "package": v1, "runtime": "onnxruntime", "runtime_options": {"threads": 1},
            "cameras": [{"name": "cam", "source": {"type": "folder", "path": images, "fps": 1000, "loop": True}}],
            "mqtt": {"host": "127.0.0.1", "port": port}, "outbox": {"path": os.path.join(home, "outbox.db")},
            "samples": {"enabled": False}, "stats": {"interval": 60},
@@ -61,7 +62,7 @@ def run_once(work, port, v1, pack_file, url, key, pub, images, share, shadow_fra
     path = os.path.join(home, "agent.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
-    col = Collector(port, topic="edgesight/bench/#")
+    col = Collector(port, topic="edgesight/%s/#" % device)
     agent = start_agent(path)
     try:
         end = time.time() + 60
@@ -70,7 +71,7 @@ def run_once(work, port, v1, pack_file, url, key, pub, images, share, shadow_fra
         time.sleep(5.0)
         t_deploy = time.time()
         dep = subprocess.run([sys.executable, "-m", "edgesight", "deploy", pack_file, "--url", url, "--device",
-                              "bench", "--key", key, "--host", "127.0.0.1", "--port", str(port), "--shadow-frames",
+                              device, "--key", key, "--host", "127.0.0.1", "--port", str(port), "--shadow-frames",
                               str(shadow_frames), "--health-seconds", "3", "--timeout", "300", "--json"],
                              capture_output=True, text=True, timeout=400)
         t_done = time.time()
@@ -111,6 +112,7 @@ def main() -> int:
 
     from edgesight.contract.signing import generate, load_private
     from edgesight.fleet.serve import PackServer
+    from edgesight.runtimes.package import ModelPackage
     from edgesight.contract.pack import pack
     from support.mqtt import Broker
 
@@ -122,16 +124,17 @@ def main() -> int:
         www = os.path.join(work, "www")
         os.makedirs(www)
         pack_file = os.path.join(www, "v2.espkg")
-        pack(v2, "v2", "2.0.0", pack_file, load_private(key), counter=2)
+        m = ModelPackage.load(v2).manifest
+        pack(v2, m.name, m.version, pack_file, load_private(key), counter=2)
         server = PackServer(www, "127.0.0.1", 0).start()
         print("%s, agent at the camera's fastest, 1 runtime thread, %d cores, %d shadow frames, health 3 s" % (
             args.model, os.cpu_count(), args.shadow_frames))
         print("%-6s %10s %10s %7s %9s %5s %6s %12s %13s" % ("share", "before fps", "shadow fps", "ratio",
                                                           "shadow s", "lost", "mixed", "to active s",
                                                           "to healthy s"))
-        for share in [float(s) for s in args.shares.split(",")]:
+        for run, share in enumerate(float(s) for s in args.shares.split(",")):
             r = run_once(work, broker.port, v1, pack_file, server.url("v2.espkg"), key, pub, images, share,
-                         args.shadow_frames)
+                         args.shadow_frames, run)
             print("%-6.2f %10.1f %10.1f %6.0f%% %9.1f %5d %6s %12.1f %13.1f" % (
                 share, r["before_fps"], r["shadow_fps"], 100 * r["ratio"], r["shadow_s"], r["lost"],
                 "yes" if r["mixed"] else "no", r["deploy_to_active_s"], r["deploy_to_healthy_s"]))

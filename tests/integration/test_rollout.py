@@ -105,6 +105,13 @@ def test_deploy_swaps_without_restart_or_lost_frame_and_refuses_a_replay(broker,
         st = wait_state(col, lambda s: s.get("desired_id") == msg.id and s["state"] == "rejected")
         assert "not above" in st["reason"] and st["active"]["counter"] == 100
         assert "/replay.espkg" not in FaultHandler.requests
+        # deploying the active pack again finishes at once, without a download
+        n = len(FaultHandler.requests)
+        again = subprocess.run([sys.executable, "-m", "edgesight", "deploy", kit["v2"], "--url", url, "--device",
+                                "dev1", "--key", kit["keys"].priv, "--host", "127.0.0.1", "--port", str(broker.port),
+                                "--timeout", "30"], capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert len(FaultHandler.requests) == n
     finally:
         err = stop(agent)
         col.close()
