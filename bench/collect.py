@@ -71,6 +71,13 @@ def stored_count(ds: str, s3) -> int:
         return f.read().count(b"\n")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a running process (Linux /proc): what the collector itself costs, whatever the endpoint."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_round(port: int, msgs, collectors: int, work: str, rate: float = 0.0, s3=None, n: int = 0):
     import paho.mqtt.client as mqtt
 
@@ -109,6 +116,7 @@ def one_round(port: int, msgs, collectors: int, work: str, rate: float = 0.0, s3
             break
         time.sleep(0.05 if s3 is None else 0.5)
     t_end = time.time() - t0
+    cpu = [cpu_seconds(p.pid) for p in procs]  # before the shutdown, which is not per-sample work
     summaries = []
     for p in procs:
         p.send_signal(signal.SIGTERM)
@@ -119,7 +127,8 @@ def one_round(port: int, msgs, collectors: int, work: str, rate: float = 0.0, s3
     pub.disconnect()
     pub.loop_stop()
     unique = stored_count(ds, s3) if s3 is not None else len({r["id"] for r in read_manifest(ds)})
-    return sum(s["stored"] for s in summaries), unique, t_pub, t_end, [s["stored_per_s"] for s in summaries]
+    stored = sum(s["stored"] for s in summaries)
+    return stored, unique, t_pub, t_end, [s["stored_per_s"] for s in summaries], sum(cpu) / max(stored, 1)
 
 
 def main() -> int:
@@ -152,13 +161,14 @@ def main() -> int:
         for rate in args.rate:
             rates = []
             for r in range(args.rounds):
-                stored, unique, t_pub, t_end, per = one_round(broker.port, msgs, args.collectors, work, rate, s3,
+                stored, unique, t_pub, t_end, per, cpu = one_round(broker.port, msgs, args.collectors, work, rate, s3,
                                                               len(rates) + 10 * args.rate.index(rate))
                 rates.append(stored / t_end)
                 print("%s round %d: %d stored (%d unique in the manifest) in %.2f s from the first publish = %.0f "
-                      "samples/s end to end (publisher done after %.2f s; collector-reported %s/s)"
+                      "samples/s end to end (publisher done after %.2f s; collector-reported %s/s); collector CPU "
+                      "%.2f ms per sample = at most %.0f samples/s on one core of its own"
                       % ("burst" if rate <= 0 else "%.0f/s" % rate, r + 1, stored, unique, t_end, stored / t_end,
-                         t_pub, ", ".join(str(x) for x in per)))
+                         t_pub, ", ".join(str(x) for x in per), cpu * 1000, 1.0 / cpu if cpu else 0.0))
             print("%s: median %.0f samples/s stored durably (target >= 300/s)%s"
                   % ("burst" if rate <= 0 else "offered %.0f/s" % rate, statistics.median(rates),
                      "" if rate <= 0 else "; a paced run cannot exceed the offered rate: it shows the collector "
