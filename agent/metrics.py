@@ -62,6 +62,10 @@ def render(snap: Dict[str, Any]) -> str:
            [({"label": k}, v) for k, v in sorted(snap.get("uncertain_share", {}).items())])
     metric("calibrated", "gauge", "1 when the running model's scores are calibrated.",
            [({}, 1 if snap.get("calibrated") else 0)])
+    model = snap.get("model") or {}
+    metric("model_info", "gauge", "1 for the running model; its name, version, artifact and runtime as labels.",
+           [({k: str(model[k])[:200] for k in ("name", "version", "artifact", "runtime") if k in model}, 1)]
+           if model else [])
     metric("mqtt_connected", "gauge", "1 while connected to the broker.", [({}, 1 if snap["mqtt_connected"] else 0)])
     metric("rss_bytes", "gauge", "Resident memory of the agent.", [({}, snap.get("rss_bytes"))])
     metric("uptime_seconds", "gauge", "Seconds since the agent started.", [({}, snap["uptime_s"])])

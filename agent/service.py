@@ -182,6 +182,7 @@ class Agent(object):
         policy = PolicyManager(cfg.samples, cfg.device_id, cfg.mqtt.topic_prefix, outbox)
         telemetry = Telemetry(cfg.device_id, cfg.mqtt.topic_prefix, caps, outbox, publisher, link, policy,
                               cur.model.calibrated)
+        telemetry.model = cur.model.info
         pipeline = FramePipeline(cur.rt, cur.model, self.settings_for(cur), cfg.cameras, outbox, policy, telemetry)
         link.subscriptions[policy.topic] = 1
         policy.report("applied")
@@ -190,7 +191,7 @@ class Agent(object):
         def apply(loaded: Loaded) -> None:  # the swap (or rollback), between two frames
             self.current = loaded
             pipeline.swap(loaded.rt, loaded.model, self.settings_for(loaded))
-            telemetry.calibrated = loaded.model.calibrated
+            telemetry.calibrated, telemetry.model = loaded.model.calibrated, loaded.model.info
             self._generation += 1
             prefetch.set_prepare(self._prepare(loaded), self._generation)
 

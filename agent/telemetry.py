@@ -45,6 +45,7 @@ class Telemetry(object):
         self.counts: Dict[str, int] = {}  # per label since the last report (_uncertain for uncertain frames)
         self.classes: Dict[str, Dict[str, Any]] = {}  # drift: per-class count + confidence histogram per report
         self.calibrated = calibrated
+        self.model: Dict[str, Any] = {}  # the running model's ``info`` (name, version, artifact, runtime)
         self.seen: Dict[str, int] = {}  # per top-1 label since start (labels come from the package: bounded)
         self.uncertain: Dict[str, int] = {}  # of those, uncertain
         self._last_frames = 0
@@ -80,7 +81,7 @@ class Telemetry(object):
                             "by_reason": dict(sampler.taken), "skipped_by": dict(sampler.skipped),
                             "policy": self.policy.source},
                 "uncertain_share": {k: round(self.uncertain.get(k, 0) / float(n), 6) for k, n in self.seen.items()},
-                "calibrated": self.calibrated,
+                "calibrated": self.calibrated, "model": dict(self.model),
                 "mqtt_connected": self.link.connected.is_set(), "rss_bytes": rss_bytes(),
                 "uptime_s": round(time.time() - self.started, 1)}
 
@@ -95,6 +96,7 @@ class Telemetry(object):
         frames, self._last_frames = self.processed - self._last_frames, self.processed
         self._last_fps = frames / elapsed
         body = self.snapshot()
+        body.pop("model")  # /metrics only: every result already names its model
         counters = body["outbox"]["counters"]
         body["outbox"]["inflight"] = self.publisher.inflight()
         body["samples"]["evicted"] = counters.get("evicted_sample", 0) + counters.get("dropped_sample", 0)

@@ -370,6 +370,38 @@ def test_video_file_source(broker, tmp_path):
     sub.close()
 
 
+def dashboard_metrics():
+    """Every edgesight_* metric named in a query of docs/grafana/edgesight-agent.json."""
+    import json
+    import re
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "grafana", "edgesight-agent.json")
+    with open(path) as f:
+        dash = json.load(f)
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs += [dash["templating"]["list"][1]["definition"]]
+    return {m for e in exprs for m in re.findall(r"\bedgesight_[a-z_]+\b", e)}
+
+
+def test_the_grafana_dashboard_is_well_formed():
+    import json
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "grafana", "edgesight-agent.json")
+    with open(path) as f:
+        dash = json.load(f)
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)) and dash["uid"] and dash["schemaVersion"] >= 36
+    for p in dash["panels"]:
+        assert p["targets"] and p["datasource"]["uid"] == "${datasource}", p["title"]
+        assert all(t["expr"] and t["refId"] for t in p["targets"]), p["title"]
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
+    # what issue 19 asks to see, each in some panel
+    for metric in ("fps", "inference_ms", "stage_ms", "uncertain_share", "outbox_depth", "samples_total",
+                   "camera_up", "model_info"):
+        assert "edgesight_" + metric in dashboard_metrics(), metric
+
+
 def test_metrics_endpoint_is_scraped(broker, tmp_path):
     import urllib.request
 
@@ -401,6 +433,12 @@ def test_metrics_endpoint_is_scraped(broker, tmp_path):
         assert 'edgesight_outbox_events_total{event="sent",kind="result"}' in text
         for stage in ("decode", "preprocess", "inference", "postprocess", "commit", "publish"):
             assert 'edgesight_stage_ms{quantile="0.5",stage="%s"}' % stage in text, stage
+        assert 'edgesight_model_info{artifact="model.fp32.onnx",name="digits-cnn",runtime="onnxruntime",version="1.0.0"} 1.0' \
+            in text, [ln for ln in text.splitlines() if "model_info" in ln]
+        # the Grafana dashboard asks only for metrics the agent exports (a renamed metric breaks this, not a panel)
+        exported = {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE ")}
+        queried = dashboard_metrics()
+        assert queried and queried <= exported, sorted(queried - exported)
         with pytest.raises(OSError):  # only /metrics is served (HTTP 404 otherwise)
             urllib.request.urlopen("http://127.0.0.1:%d/other" % port, timeout=2)
     finally:
