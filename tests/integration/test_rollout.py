@@ -6,13 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
 from edgesight.contract.rollout import Archive, RolloutPolicy, read_pack
 
 from support import EXAMPLE
-from support.mqtt import Collector, agent_config, folder_camera, publish, start_agent
+from support.mqtt import Collector, agent_config, folder_camera, free_port, publish, start_agent
 from support.rollout import (FaultHandler, Keys, desired, engine_only, evil_pack, fails_on_frames, fault_server,
                              packed, serve_as, variant)
 
@@ -38,11 +39,12 @@ def kit(tmp_path_factory):
     server.stop()
 
 
-def config(tmp_path, port, kit, device="dev1", fps=20, **models):
+def config(tmp_path, port, kit, device="dev1", fps=20, metrics=None, **models):
     m = {"dir": str(tmp_path / "models"), "trusted_keys": [kit["keys"].pub], "download_timeout": 1,
          "download_attempts": 2, "backoff_max": 0.2, "shadow_share": 1.0}
     m.update(models)
-    return agent_config(tmp_path, port, device_id=device, models=m, stats={"interval": 5},
+    extra = {"metrics": metrics} if metrics else {}
+    return agent_config(tmp_path, port, device_id=device, models=m, stats={"interval": 5}, **extra,
                         cameras=folder_camera(os.path.join(EXAMPLE, "images", "val"), fps=fps, loop=True))
 
 
@@ -77,7 +79,9 @@ def versions_after(col, t0, device="dev1"):
 
 def test_deploy_swaps_without_restart_or_lost_frame_and_refuses_a_replay(broker, tmp_path, kit):
     col = Collector(broker.port)
-    agent = start_agent(config(tmp_path, broker.port, kit, shadow_share=0.2))  # the shadow's time budget in force
+    mport = free_port()
+    agent = start_agent(config(tmp_path, broker.port, kit, shadow_share=0.2,  # the shadow's time budget in force
+                               metrics={"enabled": True, "port": mport}))
     try:
         assert col.wait_for(lambda c: len(results(c)) >= 10, 60)
         url = serve_as(kit["server"], kit["v2"], "v2.espkg")
@@ -98,6 +102,9 @@ def test_deploy_swaps_without_restart_or_lost_frame_and_refuses_a_replay(broker,
         assert shadow["frames"] == 30 and shadow["agreement"] == 1.0
         assert agent.poll() is None  # the same process: no restart
         assert col.wait_for(lambda c: versions_after(c, "") and versions_after(c, "")[-1] == "2.0.0", 10)
+        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+        info = [ln for ln in text.splitlines() if ln.startswith("edgesight_model_info{")]
+        assert len(info) == 1 and 'version="2.0.0"' in info[0], info  # /metrics names the model swapped in
         # a replay of an older counter is refused; the agent stays on v2
         url1 = serve_as(kit["server"], kit["v2"], "replay.espkg")
         msg, raw = desired(kit["v2"], url1, "dev1", kit["keys"], counter=50, version="0.9.0")
