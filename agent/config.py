@@ -24,6 +24,7 @@ from ..runtimes.ort_backend import OnnxRuntimeConfig
 from ..runtimes.registry import RUNTIME_NAMES, config_class
 from ..runtimes.tensorrt_backend import TensorRTConfig
 from ..runtimes.tflite_backend import TfliteConfig
+from .home_assistant import HomeAssistantConfig
 
 _LEVEL = r"^[A-Za-z0-9_-]{1,32}$"  # a camera name: one MQTT topic level and a safe file-name part
 
@@ -233,6 +234,7 @@ class AgentConfig(_Strict):
     stats: StatsConfig = Field(default_factory=StatsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    home_assistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     log_level: str = "info"
 
     @field_validator("runtime")

@@ -14,13 +14,14 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ..calibration.preprocess import PreprocessSpec, preprocess
 from ..contract.rollout import ModelRef
 from ..errors import EdgesightError, InferenceError
 from ..runtimes.base import Runtime
 from ..runtimes.package import Choice, ModelPackage
+from . import home_assistant
 from .config import AgentConfig, models_dir, read_password
 from .modelstore import ModelStore, Version
 from .mqtt import MqttLink, Publisher
@@ -170,6 +171,16 @@ class Agent(object):
             self._stop(parts)
         return 0
 
+    def _home_assistant(self, outbox: Outbox) -> Callable[["Loaded"], None]:
+        cfg = self.cfg
+        memory = home_assistant.memory_path(cfg.outbox.path)
+
+        def announce(loaded: "Loaded") -> None:
+            home_assistant.announce(outbox, memory, cfg.home_assistant.enabled, home_assistant.configs(
+                cfg.home_assistant.discovery_prefix, cfg.mqtt.topic_prefix, cfg.device_id,
+                [c.name for c in cfg.cameras], loaded.model.labels, loaded.model.info))
+        return announce
+
     def _start(self) -> "_Parts":
         cfg = self.cfg
         cur = self.current
@@ -186,12 +197,15 @@ class Agent(object):
         pipeline = FramePipeline(cur.rt, cur.model, self.settings_for(cur), cfg.cameras, outbox, policy, telemetry)
         link.subscriptions[policy.topic] = 1
         policy.report("applied")
+        announce = self._home_assistant(outbox)
+        announce(cur)
         prefetch = Prefetch(caps, self._prepare(cur))
 
         def apply(loaded: Loaded) -> None:  # the swap (or rollback), between two frames
             self.current = loaded
             pipeline.swap(loaded.rt, loaded.model, self.settings_for(loaded))
             telemetry.calibrated, telemetry.model = loaded.model.calibrated, loaded.model.info
+            announce(loaded)  # the device card names the model now running
             self._generation += 1
             prefetch.set_prepare(self._prepare(loaded), self._generation)
 

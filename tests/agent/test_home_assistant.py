@@ -1,0 +1,122 @@
+"""Home Assistant MQTT discovery: the configs against the discovery schema Home Assistant documents (topic
+format, required keys, templates rendered with Jinja2's sandbox as Home Assistant does), then a real agent process
+and broker: retained, availability bound to the Last Will, removed when a camera leaves the config."""
+import json
+import re
+import signal
+import time
+
+import pytest
+
+from edgesight.agent import home_assistant
+
+from support.mqtt import Collector, agent_config, folder_camera, start_agent
+
+# as homeassistant/components/mqtt/discovery.py matches a topic once the discovery prefix is taken off
+TOPIC = re.compile(r"^(?P<component>\w+)/(?:(?P<node_id>[a-zA-Z0-9_-]+)/)?(?P<object_id>[a-zA-Z0-9_-]+)/config$")
+REQUIRED = {"sensor": {"state_topic", "unique_id", "device", "availability", "value_template"},
+            "binary_sensor": {"state_topic", "unique_id", "device", "availability", "value_template", "payload_on",
+                              "payload_off"}}
+
+
+def render(template, payload):
+    jinja2 = pytest.importorskip("jinja2.sandbox")
+    value_json = json.loads(payload) if isinstance(payload, (str, bytes)) else payload
+    return jinja2.ImmutableSandboxedEnvironment().from_string(template).render(value_json=value_json).strip()
+
+
+def check_schema(topic, cfg, discovery_prefix="homeassistant"):
+    assert topic.startswith(discovery_prefix + "/"), topic
+    m = TOPIC.match(topic[len(discovery_prefix) + 1:])
+    assert m and m.group("component") in REQUIRED, topic
+    missing = REQUIRED[m.group("component")] - set(cfg)
+    assert not missing, (topic, missing)
+    assert cfg["device"]["identifiers"] and cfg["device"]["name"], cfg["device"]
+    for a in cfg["availability"]:
+        assert a["topic"] and a["payload_available"] != a["payload_not_available"]
+    return m.group("component")
+
+
+def test_configs_follow_the_discovery_schema_and_render():
+    out = home_assistant.configs("homeassistant", "site/edgesight", "dev.1", ["door", "bay"], ["closed", 'op"en'],
+                                 {"name": "door", "version": "2.0.0"})
+    kinds = [check_schema(t, c) for t, c in out]
+    assert sorted(kinds) == ["binary_sensor", "binary_sensor", "sensor", "sensor"]
+    assert len({c["unique_id"] for _, c in out}) == 4
+    sensor = dict(out)["homeassistant/sensor/edgesight_dev_1/door/config"]
+    assert sensor["state_topic"] == "site/edgesight/dev.1/door/state"
+    assert sensor["device"]["model"] == "door 2.0.0" and sensor["device"]["sw_version"].startswith("edgesight ")
+    state = {"device": "dev.1", "camera": "door", "label": 'op"en', "score": 0.93, "ts": "2026-12-04T10:00:00Z"}
+    assert render(sensor["value_template"], state) == 'op"en'
+    assert json.loads(render(sensor["json_attributes_template"], state)) == {"score": 0.93,
+                                                                            "ts": "2026-12-04T10:00:00Z"}
+    binary = dict(out)["homeassistant/binary_sensor/edgesight_dev_1/door/config"]
+    assert render(binary["value_template"], state) == "ON"  # a quote in a label does not break the template
+    assert render(binary["value_template"], dict(state, label="closed")) == "OFF"
+    avail = sensor["availability"][0]
+    assert avail["topic"] == "site/edgesight/dev.1/status"
+    for status, want in (("online", "online"), ("offline", "offline"), ("stopped", "offline")):
+        assert render(avail["value_template"], {"state": status}) == want
+    # ten classes: a sensor only
+    ten = home_assistant.configs("ha", "edgesight", "d", ["c"], [str(i) for i in range(10)], {})
+    assert [check_schema(t, c, "ha") for t, c in ten] == ["sensor"]
+
+
+def retained_configs(port, seconds=3.0):
+    col = Collector(port, topic="homeassistant/#")
+    time.sleep(seconds)
+    col.close()
+    last = {}
+    for t, p, _ in col.messages:
+        last[t] = p
+    return {t: json.loads(p) for t, p in last.items() if p}
+
+
+def test_agent_announces_retained_configs_bound_to_its_will_and_removes_a_dropped_camera(broker, tmp_path):
+    ha = {"enabled": True}
+    cfg = agent_config(tmp_path, broker.port, home_assistant=ha, cameras=folder_camera(fps=20, name="front"))
+    col = Collector(broker.port)
+    agent = start_agent(cfg)
+    try:
+        assert col.wait_for(lambda c: c.of("front/state"), 30)
+        configs = retained_configs(broker.port)
+        assert list(configs) == ["homeassistant/sensor/edgesight_dev1/front/config"], configs
+        sensor = configs["homeassistant/sensor/edgesight_dev1/front/config"]
+        check_schema("homeassistant/sensor/edgesight_dev1/front/config", sensor)
+        _, state, _ = col.of("front/state")[-1]
+        assert render(sensor["value_template"], state) == state["label"]
+        assert sensor["device"]["model"] == "digits-cnn 1.0.0"
+        status_topic = sensor["availability"][0]["topic"]
+        agent.send_signal(signal.SIGKILL)  # vanished: the broker sends the Last Will
+        agent.wait(10)
+        assert col.wait_for(lambda c: any(p["state"] == "offline" for t, p, _ in c.of("status")
+                                          if t == status_topic), 30)
+        offline = [p for t, p, _ in col.of("status") if t == status_topic][-1]
+        assert render(sensor["availability"][0]["value_template"], offline) == "offline"
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        col.close()
+    # the camera is renamed: the old entity goes, the new one comes
+    cfg = agent_config(tmp_path, broker.port, home_assistant=ha, cameras=folder_camera(fps=20, name="back"))
+    agent = start_agent(cfg)
+    try:
+        col = Collector(broker.port)
+        assert col.wait_for(lambda c: c.of("back/state"), 30)
+        col.close()
+        assert list(retained_configs(broker.port)) == ["homeassistant/sensor/edgesight_dev1/back/config"]
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=30)
+    # turned off: everything it announced is removed
+    cfg = agent_config(tmp_path, broker.port, cameras=folder_camera(fps=20, name="back"))
+    agent = start_agent(cfg)
+    try:
+        col = Collector(broker.port)
+        assert col.wait_for(lambda c: c.of("back/state") or c.of("result"), 30)
+        col.close()
+        time.sleep(1.0)
+        assert retained_configs(broker.port) == {}
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=30)
