@@ -21,6 +21,7 @@ from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 
+
 class HomeAssistantConfig(BaseModel):
     """``home_assistant``: opt-in discovery."""
 

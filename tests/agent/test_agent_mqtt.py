@@ -370,25 +370,25 @@ def test_video_file_source(broker, tmp_path):
     sub.close()
 
 
+def dashboard():
+    import json
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "grafana", "edgesight-agent.json")) as f:
+        return json.load(f)
+
+
 def dashboard_metrics():
     """Every edgesight_* metric named in a query of docs/grafana/edgesight-agent.json."""
-    import json
     import re
 
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "grafana", "edgesight-agent.json")
-    with open(path) as f:
-        dash = json.load(f)
+    dash = dashboard()
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     exprs += [dash["templating"]["list"][1]["definition"]]
     return {m for e in exprs for m in re.findall(r"\bedgesight_[a-z_]+\b", e)}
 
 
 def test_the_grafana_dashboard_is_well_formed():
-    import json
-
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "grafana", "edgesight-agent.json")
-    with open(path) as f:
-        dash = json.load(f)
+    dash = dashboard()
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)) and dash["uid"] and dash["schemaVersion"] >= 36
     for p in dash["panels"]:
