@@ -94,10 +94,26 @@ class Runtime(object):
         return list(self._outputs)
 
     def infer(self, batch: np.ndarray) -> "OrderedDict[str, np.ndarray]":
+        """Outputs for every image of ``batch``. A model with a fixed batch size B is run on slices of B images
+        (a frame's regions of interest are one batch wherever the model takes one: :attr:`max_batch`)."""
         self._require_loaded()
-        batch = self._check_batch(batch)
-        outs = self._infer(to_layout(batch, self.input_layout, self.layout))
+        batch = to_layout(self._check_batch(batch), self.input_layout, self.layout)
+        fixed = self._inputs[0].shape[0]
+        if fixed is None or batch.shape[0] == fixed:
+            outs = self._infer(batch)
+        else:
+            if batch.shape[0] % fixed:
+                raise RuntimeStateError("%s has a fixed batch of %d; pass a multiple of %d images, not %d"
+                                        % (self.model_path, fixed, fixed, batch.shape[0]))
+            parts = [self._infer(batch[i:i + fixed]) for i in range(0, batch.shape[0], fixed)]
+            outs = OrderedDict((k, np.concatenate([p[k] for p in parts], axis=0)) for k in parts[0])
         return OrderedDict((k, np.asarray(v, dtype=np.float32)) for k, v in outs.items())
+
+    @property
+    def max_batch(self) -> Optional[int]:
+        """The most images one run of the model takes (None: any number); larger batches are run in slices."""
+        self._require_loaded()
+        return self._inputs[0].shape[0]
 
     def close(self) -> None:
         if self._loaded and not self._closed:

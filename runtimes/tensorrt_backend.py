@@ -132,7 +132,8 @@ class TensorRTRunner(Runtime):
 
     def _infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         inp = [b for b in self._bindings if b.is_input][0]
-        limit = self._max_batch(inp.name) if self._inputs[0].shape[0] is None else self._inputs[0].shape[0]
+        # a dynamic batch up to the optimisation profile's maximum (a static one is sliced by Runtime.infer)
+        limit = self._max_batch(inp.name) if self._inputs[0].shape[0] is None else None
         if limit and batch.shape[0] > limit:
             parts = [self._run(batch[i:i + limit]) for i in range(0, batch.shape[0], limit)]
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

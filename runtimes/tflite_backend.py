@@ -1,8 +1,8 @@
 """TFLite backend: LiteRT (ai-edge-litert) first, then tflite-runtime, then tensorflow.lite.
 
 Handles inside the backend what callers must never see: NHWC models fed from NCHW preprocessing, int8/uint8 input
-quantization and output dequantization, fixed-batch models fed a larger batch (resized where the model allows,
-else run one sample at a time), XNNPACK threads.
+quantization and output dequantization, dynamic-batch models resized to the batch given
+(a fixed batch is sliced by ``Runtime.infer``), XNNPACK threads.
 """
 import logging
 from typing import ClassVar, Dict, List, Optional, Tuple
@@ -10,7 +10,7 @@ from typing import ClassVar, Dict, List, Optional, Tuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InferenceError, MissingDependencyError, ModelFileError, RuntimeStateError
+from ..errors import InferenceError, MissingDependencyError, ModelFileError
 from . import tflite_file
 from .base import QuantParams, Runtime, TensorSpec, dequantize, quantize
 
@@ -62,7 +62,6 @@ class TfliteRunner(Runtime):
         self._interp = None
         self._in = None  # interpreter input detail dict
         self._outs = []  # type: List[dict]
-        self._dynamic_batch = False
         self.interpreter_package = None  # type: Optional[str]
 
     def _load(self) -> Tuple[List[TensorSpec], List[TensorSpec]]:
@@ -78,8 +77,6 @@ class TfliteRunner(Runtime):
         ins, self._outs = self._interp.get_input_details(), self._interp.get_output_details()
         if ins:
             self._in = ins[0]
-            sig = self._in.get("shape_signature", self._in["shape"])
-            self._dynamic_batch = len(sig) > 0 and int(sig[0]) == -1
         return [self._spec(d) for d in ins], [self._spec(d) for d in self._outs]
 
     def _spec(self, d: dict) -> TensorSpec:
@@ -93,17 +90,10 @@ class TfliteRunner(Runtime):
     def _infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         n = batch.shape[0]
         current = int(self._interp.get_input_details()[0]["shape"][0])
-        if n == current:
-            return self._run(batch)
-        if self._dynamic_batch:
+        if n != current:  # a dynamic batch (a fixed one is sliced by Runtime.infer): resize to this batch
             self._interp.resize_tensor_input(self._in["index"], [n] + list(batch.shape[1:]), strict=True)
             self._interp.allocate_tensors()
-            return self._run(batch)
-        if current != 1:
-            raise RuntimeStateError("%s has a fixed batch of %d; pass batches of exactly %d images"
-                                    % (self.model_path, current, current))
-        parts = [self._run(batch[i:i + 1]) for i in range(n)]  # fixed batch 1: one image at a time
-        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+        return self._run(batch)
 
     def _run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         spec = self._inputs[0]

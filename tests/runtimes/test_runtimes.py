@@ -68,6 +68,23 @@ def test_batch_results_equal_single_results(runtime, batch):
     np.testing.assert_allclose(whole[:7], singles, rtol=1e-4, atol=1e-4)
 
 
+def test_a_fixed_batch_model_is_run_in_slices_of_its_batch(tmp_path):
+    """ONNX Runtime refuses 5 images for a batch-1 input: the runtime slices (a frame's regions are one batch)."""
+    from support.onnx_models import tiny_cnn
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((6, 3, 32, 32)).astype(np.float32)
+    dynamic = create_runtime("onnxruntime", tiny_cnn(tmp_path / "n.onnx")).load()
+    want = next(iter(dynamic.infer(images).values()))
+    assert dynamic.max_batch is None
+    for fixed in (1, 2, 3):
+        rt = create_runtime("onnxruntime", tiny_cnn(tmp_path / ("b%d.onnx" % fixed), batch=fixed)).load()
+        assert rt.max_batch == fixed
+        np.testing.assert_allclose(next(iter(rt.infer(images).values())), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeStateError, match="fixed batch of 3; pass a multiple of 3 images, not 4"):
+        rt.infer(images[:4])
+
+
 def test_accuracy_on_validation_split(runtime, pkg, val):
     x = preprocess_batch([load_image(p) for p, _ in val], pkg.preprocess)
     pred = next(iter(runtime.infer(x).values())).argmax(1)

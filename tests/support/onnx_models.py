@@ -12,8 +12,9 @@ def _save(model, path):
 
 
 def tiny_cnn(path, classes=10, size=32, channels=3, extra_op=None, opset=17, two_inputs=False, dynamic_hw=False,
-             seed=0):
-    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm; ``extra_op`` inserts e.g. CastLike after the Conv."""
+             seed=0, batch="N"):
+    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm; ``extra_op`` inserts e.g. CastLike after the Conv;
+    ``batch`` a fixed batch size (default: dynamic)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -36,11 +37,11 @@ def tiny_cnn(path, classes=10, size=32, channels=3, extra_op=None, opset=17, two
               helper.make_node("Gemm", ["f", "FW", "FB"], ["y"], name="fc", transB=1)]
     h = "H" if dynamic_hw else size
     w = "W" if dynamic_hw else size
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, h, w])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, h, w])]
     if two_inputs:
-        inputs.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, ["N", 8, h, w]))
+        inputs.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, [batch, 8, h, w]))
     graph = helper.make_graph(nodes, "tiny", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT,
-                                                                                    ["N", classes])], inits)
+                                                                                    [batch, classes])], inits)
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
 
 
