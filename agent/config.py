@@ -9,10 +9,9 @@ Secrets come from a file or the environment and are never logged or echoed.
 """
 import os
 import socket
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-from typing_extensions import Literal
 
 from .. import configfile
 from ..contract import client
@@ -24,66 +23,11 @@ from ..runtimes.ort_backend import OnnxRuntimeConfig
 from ..runtimes.registry import RUNTIME_NAMES, config_class
 from ..runtimes.tensorrt_backend import TensorRTConfig
 from ..runtimes.tflite_backend import TfliteConfig
-from .home_assistant import HomeAssistantConfig
-
-_LEVEL = r"^[A-Za-z0-9_-]{1,32}$"  # a camera name: one MQTT topic level and a safe file-name part
-
+from .cameras import CameraConfig
+from .home_assistant import HomeAssistantConfig, object_id
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class SourceConfig(_Strict):
-    """Where frames come from. ``type`` selects the kind; only that kind's keys apply."""
-
-    type: str = Field(description="folder | video | v4l2 | url | gstreamer | jetson_csi | pi_libcamera")
-    path: Optional[str] = Field(None, max_length=4096)  # folder, video
-    device: Optional[Union[int, str]] = None  # v4l2: index or /dev/videoN
-    url: Optional[str] = Field(None, max_length=4096)  # rtsp:// http://
-    pipeline: Optional[str] = Field(None, max_length=8192)  # gstreamer, ending in appsink
-    sensor_id: int = Field(0, ge=0, le=64)  # jetson_csi
-    width: Optional[int] = Field(None, ge=16, le=16384)
-    height: Optional[int] = Field(None, ge=16, le=16384)
-    fps: float = Field(10.0, gt=0, le=1000, description="frames per second to process at most")
-    loop: bool = True  # folder, video: start again at the end
-    reconnect_min: float = Field(0.5, gt=0, le=3600)
-    reconnect_max: float = Field(30.0, gt=0, le=3600)
-
-    @model_validator(mode="after")
-    def _required_for_type(self) -> "SourceConfig":
-        need = {"folder": "path", "video": "path", "v4l2": "device", "url": "url", "gstreamer": "pipeline",
-                "jetson_csi": None, "pi_libcamera": None}
-        if self.type not in need:
-            raise ValueError("type must be one of %s, got %r" % (" | ".join(need), self.type))
-        key = need[self.type]
-        if key and getattr(self, key) in (None, ""):
-            raise ValueError("type %s needs '%s'" % (self.type, key))
-        if self.type == "url" and not str(self.url).lower().startswith(("rtsp://", "rtsps://", "http://",
-                                                                         "https://", "rtmp://", "udp://")):
-            raise ValueError("url must start with rtsp://, rtsps://, http://, https://, rtmp:// or udp://, got %r"
-                             % self.url)
-        if self.reconnect_max < self.reconnect_min:
-            raise ValueError("reconnect_max must be >= reconnect_min")
-        return self
-
-
-class CameraConfig(_Strict):
-    name: str = Field(pattern=_LEVEL, description="used in MQTT topics")
-    source: SourceConfig
-    # polygons blacked out in every sample before it leaves the device (never changed over MQTT)
-    privacy_masks: List[List[Tuple[float, float]]] = Field(default_factory=list, max_length=64)
-    mask_units: Literal["pixels", "relative"] = "pixels"
-
-    @model_validator(mode="after")
-    def _polygons(self) -> "CameraConfig":
-        for i, poly in enumerate(self.privacy_masks):
-            if not 3 <= len(poly) <= 1024:
-                raise ValueError("privacy_masks[%d] needs 3 to 1024 points [x, y], got %d" % (i, len(poly)))
-            if self.mask_units == "relative" and not all(0 <= c <= 1 for pt in poly for c in pt):
-                raise ValueError("privacy_masks[%d]: relative coordinates lie in [0, 1]" % i)
-            if self.mask_units == "pixels" and not all(0 <= c <= 1e5 for pt in poly for c in pt):
-                raise ValueError("privacy_masks[%d]: pixel coordinates are >= 0" % i)
-        return self
 
 
 class ThresholdsConfig(_Strict):
@@ -274,6 +218,10 @@ class AgentConfig(_Strict):
         dup = repeated([c.name for c in v])
         if dup:
             raise ValueError("camera names must be unique; repeated: %s" % ", ".join(dup))
+        dup = repeated([object_id(c.name, r and r.name) for c in v for r in c.targets()])
+        if dup:
+            raise ValueError("a camera and a region of another camera would be one Home Assistant entity (%s): "
+                             "rename one" % ", ".join(dup))
         return v
 
 
@@ -308,6 +256,9 @@ def resolve_paths(data: Dict[str, Any], base: str) -> Dict[str, Any]:
         src = cam.get("source") if isinstance(cam, dict) else None
         if isinstance(src, dict) and src.get("type") in ("folder", "video"):
             fix(src, "path")
+        regions = cam.get("regions") if isinstance(cam, dict) else None
+        for region in regions if isinstance(regions, list) else []:
+            fix(region, "model")
     return out
 
 
@@ -379,16 +330,28 @@ def _raise(doc: Optional[configfile.Document], loc: Tuple[Any, ...], message: st
 
 
 def check_package(cfg: AgentConfig, doc: Optional[configfile.Document] = None) -> None:
-    """``thresholds.per_class`` must name labels of the package (when the package is there to ask)."""
+    """Every region's own package must be there; ``thresholds.per_class`` must name labels of the agent's package
+    or of a region's (when the packages are there to ask)."""
+    labels: List[str] = []
+    for i, cam in enumerate(cfg.cameras):
+        for j, r in enumerate(cam.regions):
+            if r.model is None:
+                continue
+            path = os.path.join(r.model, MANIFEST)
+            if not os.path.isfile(path):
+                _raise(doc, ("cameras", i, "regions", j, "model"), "%s is not a model package (no %s there)"
+                       % (r.model, MANIFEST))
+            labels += [x for x in read_manifest(path).labels if x not in labels]
     manifest_path = os.path.join(cfg.package, MANIFEST)
     if not cfg.thresholds.per_class or not os.path.isfile(manifest_path):
         return
-    labels = read_manifest(manifest_path).labels
+    packages = [cfg.package] + sorted({r.model for c in cfg.cameras for r in c.regions if r.model})
+    labels = list(read_manifest(manifest_path).labels) + labels
     unknown = unknown_labels(cfg.thresholds.per_class, labels)
     if unknown:
         _raise(doc, ("thresholds", "per_class", unknown[0]), "names %s, which %s not among the labels of %s "
                "(%s)" % (", ".join(repr(u) for u in unknown[:5]), "is" if len(unknown) == 1 else "are",
-                         cfg.package, ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")))
+                         " or ".join(packages), ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")))
 
 
 def read_password(cfg: MqttConfig) -> Optional[str]:

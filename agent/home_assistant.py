@@ -1,17 +1,17 @@
-"""Home Assistant MQTT discovery (opt-in): retained config messages that make each camera a sensor (its accepted
-label, with score and time as attributes) and, for a two-class model, a binary_sensor; available while the
-agent's retained ``status`` says online (the Last Will says offline).
+"""Home Assistant MQTT discovery (opt-in): retained config messages that make each camera, or each of its regions of
+interest, a sensor (its accepted label, with score and time as attributes) and, for a two-class model, a
+binary_sensor; available while the agent's retained ``status`` says online (the Last Will says offline).
 
-The entities read the retained ``<camera>/state`` topic, which changes only when the accepted label does, not the
-per-frame ``result`` topic, so Home Assistant's recorder is not flooded at the camera's frame rate. The config
-topics announced are remembered in the state directory; at the next start those no longer in the config are
+The entities read the retained ``<camera>[/<region>]/state`` topic, which changes only when the accepted label does,
+not the per-frame ``result`` topic, so Home Assistant's recorder is not flooded at the camera's frame rate. The
+config topics announced are remembered in the state directory; at the next start those no longer in the config are
 removed with an empty retained message, as Home Assistant's discovery documents.
 """
 import json
 import logging
 import os
 import re
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -43,7 +43,20 @@ def _id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
-def configs(discovery_prefix: str, prefix: str, device_id: str, cameras: Sequence[str], labels: Sequence[str],
+def object_id(camera: str, region: Optional[str] = None) -> str:
+    """The entity's object id: the camera's name, or ``<camera>__<region>`` for a region of interest."""
+    return _id(camera) if region is None else "%s__%s" % (_id(camera), _id(region))
+
+
+class Entity(NamedTuple):
+    """One classified target: a whole camera (``region`` None) or one of its regions, with its model's labels."""
+
+    camera: str
+    region: Optional[str]
+    labels: Sequence[str]
+
+
+def configs(discovery_prefix: str, prefix: str, device_id: str, targets: Sequence[Entity],
             model: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
     """(config topic, payload) for every entity of this device: pure, so it is tested without a broker."""
     node = "edgesight_" + _id(device_id)
@@ -53,19 +66,22 @@ def configs(discovery_prefix: str, prefix: str, device_id: str, cameras: Sequenc
     availability = [{"topic": topics.topic(prefix, device_id, topics.STATUS), "value_template": AVAILABLE,
                      "payload_available": "online", "payload_not_available": "offline"}]
     out: List[Tuple[str, Dict[str, Any]]] = []
-    for cam in cameras:
-        state = topics.topic(prefix, device_id, cam, topics.STATE)
+    for t in targets:
+        oid = object_id(t.camera, t.region)
+        levels = (t.camera,) if t.region is None else (t.camera, t.region)
+        name = " ".join(levels)
+        state = topics.topic(prefix, device_id, *(levels + (topics.STATE,)))
         common = {"state_topic": state, "availability": availability, "device": device,
                   "json_attributes_topic": state,
                   "json_attributes_template": "{{ {'score': value_json.score, 'ts': value_json.ts} | tojson }}"}
-        out.append(("%s/sensor/%s/%s/config" % (discovery_prefix, node, _id(cam)),
-                    dict(common, name=cam, unique_id="%s_%s" % (node, _id(cam)), icon="mdi:cctv",
+        out.append(("%s/sensor/%s/%s/config" % (discovery_prefix, node, oid),
+                    dict(common, name=name, unique_id="%s_%s" % (node, oid), icon="mdi:cctv",
                          value_template="{{ value_json.label }}")))
-        if len(labels) == 2:  # on = the second class (e.g. [closed, open], [empty, occupied])
-            out.append(("%s/binary_sensor/%s/%s/config" % (discovery_prefix, node, _id(cam)),
-                        dict(common, name="%s %s" % (cam, labels[1]), unique_id="%s_%s_on" % (node, _id(cam)),
-                             value_template="{{ 'ON' if value_json.label == %s else 'OFF' }}" % json.dumps(labels[1]),
-                             payload_on="ON", payload_off="OFF")))
+        if len(t.labels) == 2:  # on = the second class (e.g. [closed, open], [empty, occupied])
+            out.append(("%s/binary_sensor/%s/%s/config" % (discovery_prefix, node, oid),
+                        dict(common, name="%s %s" % (name, t.labels[1]), unique_id="%s_%s_on" % (node, oid),
+                             value_template="{{ 'ON' if value_json.label == %s else 'OFF' }}" % json.dumps(
+                                 t.labels[1]), payload_on="ON", payload_off="OFF")))
     return out
 
 

@@ -48,6 +48,9 @@ def render(snap: Dict[str, Any]) -> str:
     metric("camera_up", "gauge", "1 when the camera delivers frames.",
            [({"camera": n, "state": c["state"]}, 1 if c["state"] == "online" else 0)
             for n, c in snap["cameras"].items()])
+    metric("region_up", "gauge", "1 while the region of interest's box fits the camera's frames (0: skipped).",
+           [(dict(zip(("camera", "region"), k.split("/", 1))), 0 if why else 1)
+            for k, why in sorted(snap.get("regions", {}).items())])
     metric("outbox_depth", "gauge", "Messages waiting in the outbox.", [({}, snap["outbox"]["depth"])])
     metric("outbox_bytes", "gauge", "Bytes waiting in the outbox.", [({}, snap["outbox"]["bytes"])])
     metric("outbox_events_total", "counter", "Outbox events: sent, evicted, dropped, dead-lettered, by kind.",

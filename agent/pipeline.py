@@ -1,7 +1,8 @@
-"""The per-frame pipeline: a preprocessed frame -> inference -> threshold -> result and state -> sampling (privacy
-masks, near-duplicates, JPEG under the byte budget) -> durable outbox commits.
+"""The per-frame pipeline: a preprocessed frame -> inference (one run per model, every region of interest of the
+frame in one batch) -> per view (the whole frame, or each region): threshold -> result and state -> sampling
+(privacy masks, the region's crop, near-duplicates, JPEG under the byte budget) -> durable outbox commits.
 
-No threads, no broker and no clock of its own beyond time stamps: its collaborators (the runtime, the outbox, the
+No threads, no broker and no clock of its own beyond time stamps: its collaborators (the runtimes, the outbox, the
 sampling policy in force, the telemetry) are passed in, so it is tested with a real runtime and a real outbox alone.
 """
 import logging
@@ -15,10 +16,11 @@ from ..contract import payloads, topics
 from ..runtimes.base import Runtime
 from ..runtimes.postprocess import Prediction, to_probabilities, top_k
 from . import decisions, sampling
-from .config import CameraConfig
+from .cameras import CameraConfig, target_key
 from .outbox import Outbox
 from .policy import PolicyManager
 from .prefetch import Prepared
+from .regions import MAIN, View, crop
 from .samples import jpeg_budget, jpeg_within
 from .shadow import Outcome
 from .sources import Frame
@@ -48,11 +50,24 @@ class Settings(NamedTuple):
     min_interval: float = 0.0
 
 
-def predict(rt: Runtime, model: ModelView, settings: Settings, tensor: np.ndarray) -> Outcome:
-    """A model's verdict on one preprocessed frame, with its own temperature and thresholds (the shadow's)."""
-    out = next(iter(rt.infer(tensor).values()))[0]
-    best = top_k(to_probabilities(out, model.output, model.temperature), model.labels, 1)[0]
-    threshold = decisions.threshold_for(best.label, settings.default_threshold, settings.per_class)
+class Runner(NamedTuple):
+    """One model the pipeline runs: the agent's package (group ``MAIN``) or a region's package of its own."""
+
+    rt: Runtime
+    model: ModelView
+    settings: Settings
+
+
+def probabilities(runner: Runner, batch: np.ndarray) -> np.ndarray:
+    """Calibrated class scores, one row per image of ``batch`` (one run of the model where it takes a batch)."""
+    out = next(iter(runner.rt.infer(batch).values()))
+    return to_probabilities(out, runner.model.output, runner.model.temperature)
+
+
+def predict(runner: Runner, batch: np.ndarray) -> Outcome:
+    """A model's verdict on the first image of a batch, with its own thresholds (the shadow's)."""
+    best = top_k(probabilities(runner, batch)[0], runner.model.labels, 1)[0]
+    threshold = decisions.threshold_for(best.label, runner.settings.default_threshold, runner.settings.per_class)
     return Outcome(best.label, best.score, decisions.is_accepted(best.score, threshold))
 
 
@@ -77,99 +92,141 @@ class Masks(object):
 
 
 class FramePipeline(object):
-    def __init__(self, rt: Runtime, model: ModelView, settings: Settings, cameras: Sequence[CameraConfig],
-                 outbox: Outbox, policy: PolicyManager, telemetry: Telemetry,
-                 rng: Optional[random.Random] = None) -> None:
-        self.rt, self.model, self.settings = rt, model, settings
+    """``runners``: the models by group (``MAIN``: the agent's package; a region's own package by its path)."""
+
+    def __init__(self, runners: Dict[str, Runner], cameras: Sequence[CameraConfig], outbox: Outbox,
+                 policy: PolicyManager, telemetry: Telemetry, rng: Optional[random.Random] = None) -> None:
+        self.runners = dict(runners)
         self.outbox, self.policy, self.telemetry = outbox, policy, telemetry
         self.rng = rng or random.Random()
         self.masks = Masks(cameras)
-        self.trackers = {c.name: decisions.StateTracker(settings.hysteresis) for c in cameras}
-        self.gates = {c.name: decisions.PublishGate(settings.publish_mode, settings.min_interval) for c in cameras}
+        self.context_side = {c.name: c.region_sample_frame for c in cameras}
+        keys = [target_key(c.name, r and r.name) for c in cameras for r in c.targets()]
+        self.trackers = {k: decisions.StateTracker(self.main.settings.hysteresis) for k in keys}
+        self.gates = {k: decisions.PublishGate(self.main.settings.publish_mode, self.main.settings.min_interval)
+                      for k in keys}
         self.results_committed = 0
 
-    def topic(self, camera: str, kind: str) -> str:
-        return topics.topic(self.settings.prefix, self.settings.device_id, camera, kind)
+    @property
+    def main(self) -> Runner:
+        return self.runners[MAIN]
 
-    def swap(self, rt: Runtime, model: ModelView, settings: Settings) -> None:
-        """Another model from the next frame on (a rollout's swap or rollback); states and gates carry over."""
-        self.rt, self.model, self.settings = rt, model, settings
+    def topic(self, camera: str, region: Optional[str], kind: str) -> str:
+        s = self.main.settings
+        return topics.topic(s.prefix, s.device_id, *(topics.target(camera, region) + (kind,)))
 
-    def process(self, item: Prepared) -> Outcome:
-        """One preprocessed frame: inference, decisions, durable commit of what is published. Nothing is committed
-        before inference succeeded, so a frame whose inference failed can be run again on another model."""
-        s, camera, frame, tel = self.settings, item.camera, item.frame, self.telemetry
+    def swap(self, runner: Runner) -> None:
+        """Another model for the agent's package from the next frame on (a rollout's swap or rollback); states
+        and gates carry over, regions with a package of their own keep it."""
+        self.runners[MAIN] = runner
+
+    def process(self, item: Prepared) -> Optional[Outcome]:
+        """One preprocessed frame: inference (one run per model group), then for every view its decisions and the
+        durable commit of what is published. Nothing is committed before every inference succeeded, so a frame
+        whose inference failed can be run again on another model. Returns the agent's package's verdict on the
+        frame's first view it ran (None when every view of this frame ran on a region's own package)."""
+        tel = self.telemetry
         t0 = time.perf_counter()
-        out = next(iter(self.rt.infer(item.tensor).values()))[0]
+        scores = {g: probabilities(self.runners[g], batch) for g, batch in item.batches.items()}
         t1 = time.perf_counter()
         inference_ms = 1000.0 * (t1 - t0)
-        probs = to_probabilities(out, self.model.output, self.model.temperature)
-        preds = top_k(probs, self.model.labels, s.top_k)
+        tel.frame(inference_ms)
+        first: Optional[Outcome] = None
+        post_ms = commit_ms = 0.0
+        for view in item.views:
+            outcome, times = self._view(item, view, scores[view.group][view.row], inference_ms)
+            post_ms, commit_ms = post_ms + times[0], commit_ms + times[1]
+            if first is None and view.group == MAIN:
+                first = outcome
+        frame = item.frame
+        for name, ms in (("decode", frame.decode_ms), ("preprocess", item.preprocess_ms), ("inference", inference_ms),
+                         ("postprocess", post_ms), ("commit", commit_ms)):
+            tel.stage(name, ms)
+        log.debug("%s frame %d: %d view(s), preprocessed in %.1f ms, inference to commit %.1f ms", item.camera,
+                  frame.seq, len(item.views), item.preprocess_ms, 1000.0 * (time.perf_counter() - t0))
+        return first
+
+    def _view(self, item: Prepared, view: View, probs: np.ndarray, inference_ms: float
+              ) -> Tuple[Outcome, Tuple[float, float]]:
+        """One view's decisions and commits; (its outcome, (postprocess ms, commit ms))."""
+        t1 = time.perf_counter()
+        runner, camera, frame = self.runners[view.group], item.camera, item.frame
+        s, model, key = runner.settings, runner.model, target_key(camera, view.region)
+        preds = top_k(probs, model.labels, s.top_k)
         best = preds[0]
         threshold = decisions.threshold_for(best.label, s.default_threshold, s.per_class)
         accepted = decisions.is_accepted(best.score, threshold)
         topk = [{"label": p.label, "score": round(p.score, 6)} for p in preds]
-        tel.frame(best.label, best.score, accepted, inference_ms)
+        self.telemetry.verdict(best.label, best.score, accepted)
         now = time.time()
         result, body = None, None
-        if self.gates[camera].should_publish(best.label, accepted, now):
-            result = payloads.result(s.device_id, camera, self.model.info, best.label, best.score, accepted,
-                                     threshold, topk, frame.captured, inference_ms, 1000.0 * (now - frame.captured),
-                                     frame.seq, self.model.calibrated)
-        changed = self.trackers[camera].update(best.label, accepted)
+        if self.gates[key].should_publish(best.label, accepted, now):
+            result = payloads.result(s.device_id, camera, model.info, best.label, best.score, accepted, threshold,
+                                     topk, frame.captured, inference_ms, 1000.0 * (now - frame.captured), frame.seq,
+                                     model.calibrated, region=view.region)
+        changed = self.trackers[key].update(best.label, accepted)
         if changed is not None:
-            body = payloads.state(s.device_id, camera, changed, best.score, frame.captured)
+            body = payloads.state(s.device_id, camera, changed, best.score, frame.captured, region=view.region)
         t2 = time.perf_counter()
-        if result is not None and self.outbox.put("result", self.topic(camera, topics.RESULT), payloads.encode(result),
-                                                  qos=1, captured=frame.captured) is not None:
+        if result is not None and self.outbox.put("result", self.topic(camera, view.region, topics.RESULT),
+                                                  payloads.encode(result), qos=1,
+                                                  captured=frame.captured) is not None:
             self.results_committed += 1
         if body is not None:
-            self.outbox.put("state", self.topic(camera, topics.STATE), payloads.encode(body), qos=1, retain=True,
-                            captured=frame.captured)
+            self.outbox.put("state", self.topic(camera, view.region, topics.STATE), payloads.encode(body), qos=1,
+                            retain=True, captured=frame.captured)
         t3 = time.perf_counter()
-        for name, ms in (("decode", frame.decode_ms), ("preprocess", item.preprocess_ms), ("inference", inference_ms),
-                         ("postprocess", 1000.0 * (t2 - t1)), ("commit", 1000.0 * (t3 - t2))):
-            tel.stage(name, ms)
         second = float(np.partition(probs, -2)[-2]) if probs.size > 1 else 0.0
-        self._maybe_sample(item, best, second, threshold, accepted, topk, result)
-        log.debug("%s frame %d: %s %.3f (%s), preprocessed in %.1f ms, inference to commit %.1f ms", camera,
-                  frame.seq, best.label, best.score, "accepted" if accepted else "uncertain", item.preprocess_ms,
-                  1000.0 * (t3 - t0))
-        return Outcome(best.label, best.score, accepted)
+        self._maybe_sample(item, view, runner, best, second, threshold, accepted, topk, result)
+        return Outcome(best.label, best.score, accepted), (1000.0 * (t2 - t1), 1000.0 * (t3 - t2))
 
-    def _maybe_sample(self, item: Prepared, best: Prediction, second: float, threshold: float, accepted: bool,
-                      topk: List[Dict[str, Any]], result: Optional[payloads.Result]) -> None:
+    def _maybe_sample(self, item: Prepared, view: View, runner: Runner, best: Prediction, second: float,
+                      threshold: float, accepted: bool, topk: List[Dict[str, Any]],
+                      result: Optional[payloads.Result]) -> None:
         sampler = self.policy.sampler
         mono = time.monotonic()
         decision = sampler.decide(best.label, best.score, second, threshold, accepted, mono, self.rng.random())
         if decision.reason is not None:
-            skipped = self._sample(item.camera, item.frame, decision.reason, best, threshold, topk, result, mono)
+            skipped = self._sample(item.camera, item.frame, view, runner, decision.reason, best, threshold, topk,
+                                   result, mono)
             if skipped is not None:
                 sampler.skip(skipped)
         elif decision.skipped is not None:
             sampler.skip(decision.skipped)
 
-    def _sample(self, camera: str, frame: Frame, reason: str, best: Prediction, threshold: float,
-                topk: List[Dict[str, Any]], result: Optional[payloads.Result], now: float) -> Optional[str]:
-        """Mask, skip near-duplicates, JPEG under the byte budget, commit; the quotas count only what was sent.
-        Returns why the frame was not sent, or None when it was."""
+    def _sample(self, camera: str, frame: Frame, view: View, runner: Runner, reason: str, best: Prediction,
+                threshold: float, topk: List[Dict[str, Any]], result: Optional[payloads.Result],
+                now: float) -> Optional[str]:
+        """Mask, crop a region, skip near-duplicates, JPEG under the byte budget, commit; the quotas count only
+        what was sent. Returns why the frame was not sent, or None when it was."""
         sampler = self.policy.sampler
         policy = sampler.policy
-        image = sampling.apply_mask(frame.image, self.masks.get(camera, *frame.image.shape[:2]))
+        masked = sampling.apply_mask(frame.image, self.masks.get(camera, *frame.image.shape[:2]))
+        image = masked if view.box is None else crop(masked, view.box)
+        key = target_key(camera, view.region)
         h = sampling.phash(image) if policy.dedup.enabled else None
-        if h is not None and sampler.is_duplicate(camera, h, now):
+        if h is not None and sampler.is_duplicate(key, h, now):
             return "duplicate"
-        enc = jpeg_within(image, frame.color, jpeg_budget(policy.max_bytes, 2048), policy.jpeg_quality)
+        budget = jpeg_budget(policy.max_bytes, 2048)
+        context = None
+        side = self.context_side.get(camera, 0)
+        if view.box is not None and side:  # the whole frame, reduced, beside the crop: a third of the budget
+            context = jpeg_within(masked, frame.color, budget // 3, policy.jpeg_quality, max_side=side)
+            if context is None:
+                return "too_large"
+            budget -= len(context[0])
+        enc = jpeg_within(image, frame.color, budget, policy.jpeg_quality)
         if enc is None:
             return "too_large"
         jpeg, w, h_px = enc
-        body = payloads.encode(payloads.sample(self.settings.device_id, camera, self.model.info, reason, best.label,
-                                               best.score, threshold, topk, frame.captured, jpeg, w, h_px,
-                                               result.id if result is not None else None))
+        body = payloads.encode(payloads.sample(self.main.settings.device_id, camera, runner.model.info, reason,
+                                               best.label, best.score, threshold, topk, frame.captured, jpeg, w,
+                                               h_px, result.id if result is not None else None, view.region,
+                                               view.box, context))
         if len(body) > policy.max_bytes:  # the JSON around the image was larger than reserved
             return "too_large"
-        if self.outbox.put("sample", self.topic(camera, topics.SAMPLE), body, qos=1,
+        if self.outbox.put("sample", self.topic(camera, view.region, topics.SAMPLE), body, qos=1,
                            captured=frame.captured) is None:
             return "outbox_full"
-        sampler.commit(camera, reason, best.label, h, now)
+        sampler.commit(key, reason, best.label, h, now)
         return None

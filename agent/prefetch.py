@@ -7,10 +7,11 @@ stage, a frame costs the main loop its inference and commit only: preprocessing 
 """
 import logging
 import time
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from .regions import View
 from .slot import SlotWorker
 from .sources import Capture, Frame
 
@@ -20,22 +21,26 @@ log = logging.getLogger(__name__)
 class Prepared(NamedTuple):
     camera: str
     frame: Frame
-    tensor: np.ndarray  # the batch of one the runtime takes
+    batches: Dict[str, np.ndarray]  # per model group, the batch its runtime takes (agent/regions.py)
+    views: List[View]  # which row of which batch is the whole frame or which region
     preprocess_ms: float
-    generation: int = 0  # which model's preprocessing made ``tensor`` (a swap bumps it)
+    generation: int = 0  # which model's preprocessing made ``batches`` (a swap bumps it)
+
+
+Prepare = Callable[[str, Frame], Tuple[Dict[str, np.ndarray], List[View]]]
 
 
 class Prefetch(SlotWorker):
     """One thread that preprocesses frames from ``captures`` into a one-frame slot; ``take`` gives a Prepared."""
 
-    def __init__(self, captures: List[Capture], prepare: Callable[[Frame], np.ndarray]) -> None:
+    def __init__(self, captures: List[Capture], prepare: Prepare) -> None:
         super().__init__("prefetch")
         self.captures = captures
         self._prepare = (0, prepare)  # (generation, function): replaced as one at a model swap
         self.handed = 0  # prepared frames taken by the main loop
         self._next = 0  # round robin over cameras
 
-    def set_prepare(self, prepare: Callable[[Frame], np.ndarray], generation: int) -> None:
+    def set_prepare(self, prepare: Prepare, generation: int) -> None:
         """Prepare frames for another model from now on; a frame prepared before carries the old generation."""
         self._prepare = (generation, prepare)
 
@@ -88,6 +93,6 @@ class Prefetch(SlotWorker):
             self._next = (self._next + i + 1) % n
             t0 = time.perf_counter()
             generation, prepare = self._prepare
-            tensor = prepare(frame)
-            return Prepared(cap.name, frame, tensor, 1000.0 * (time.perf_counter() - t0), generation)
+            batches, views = prepare(cap.name, frame)
+            return Prepared(cap.name, frame, batches, views, 1000.0 * (time.perf_counter() - t0), generation)
         return None

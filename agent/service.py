@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from ..calibration.preprocess import PreprocessSpec, preprocess
+from ..calibration.preprocess import PreprocessSpec
 from ..contract.rollout import ModelRef
 from ..errors import EdgesightError, InferenceError
 from ..runtimes.base import Runtime
@@ -26,9 +26,10 @@ from .config import AgentConfig, models_dir, read_password
 from .modelstore import ModelStore, Version
 from .mqtt import MqttLink, Publisher
 from .outbox import Outbox
-from .pipeline import FramePipeline, ModelView, Settings, predict
+from .pipeline import FramePipeline, ModelView, Runner, Settings, predict
 from .policy import PolicyManager
 from .prefetch import Prefetch, Prepared
+from .regions import MAIN, Preparer, RegionProblems
 from .rollout import Rollout
 from .shadow import Outcome
 from .sdnotify import Notifier
@@ -83,6 +84,8 @@ class Agent(object):
         self._boot_note: Optional[Dict[str, Any]] = None
         self._probation: Optional[float] = None
         self._generation = 0  # bumped at every swap: frames prepared for the old model are prepared again
+        self.region_models: Dict[str, Loaded] = {}  # packages of regions that name their own ``model``, by path
+        self.region_problems = RegionProblems()
 
     # the running model's parts (tests and tools read them)
     pkg = property(lambda self: self.current.pkg if self.current else None)
@@ -138,6 +141,9 @@ class Agent(object):
             self._boot_note = {"state": "rolled_back", "reason": reason, "candidate": boot.version.ref}
             self._probation = None
             self.current = self.open_model(back.path, back.ref)
+        for path in sorted({r.model for c in cfg.cameras for r in c.regions if r.model}):
+            # a region's own package: loaded and verified like the agent's; rollouts replace only the agent's
+            self.region_models[path] = self.open_model(path, ModelRef(name="region", version="-", counter=0))
 
     def settings_for(self, loaded: Loaded) -> Settings:
         cfg, m = self.cfg, loaded.pkg.manifest
@@ -154,9 +160,20 @@ class Agent(object):
         assert self.current is not None
         return self.settings_for(self.current)
 
-    def _prepare(self, loaded: Loaded) -> Any:
-        spec = loaded.spec
-        return lambda frame: preprocess(frame.image, spec, input_color=frame.color)[None]
+    def runner(self, loaded: Loaded) -> Runner:
+        return Runner(loaded.rt, loaded.model, self.settings_for(loaded))
+
+    def _prepare(self, loaded: Loaded) -> Preparer:
+        """Frames into batches for ``loaded`` as the agent's package (and the regions' own packages)."""
+        specs = {path: m.spec for path, m in self.region_models.items()}
+        specs[MAIN] = loaded.spec
+        return Preparer(self.cfg.cameras, specs, self.region_problems)
+
+    def entities(self, loaded: Loaded) -> List[home_assistant.Entity]:
+        """Every classified target with its model's labels (``loaded``: the agent's package)."""
+        return [home_assistant.Entity(c.name, r and r.name, (self.region_models[r.model] if r and r.model else
+                                                             loaded).model.labels)
+                for c in self.cfg.cameras for r in c.targets()]
 
     # -- running ---------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event, max_frames: Optional[int] = None, duration: Optional[float] = None) -> int:
@@ -177,8 +194,8 @@ class Agent(object):
 
         def announce(loaded: "Loaded") -> None:
             home_assistant.announce(outbox, memory, cfg.home_assistant.enabled, home_assistant.configs(
-                cfg.home_assistant.discovery_prefix, cfg.mqtt.topic_prefix, cfg.device_id,
-                [c.name for c in cfg.cameras], loaded.model.labels, loaded.model.info))
+                cfg.home_assistant.discovery_prefix, cfg.mqtt.topic_prefix, cfg.device_id, self.entities(loaded),
+                loaded.model.info))
         return announce
 
     def _start(self) -> "_Parts":
@@ -192,9 +209,12 @@ class Agent(object):
                         c.source.reconnect_max) for c in cfg.cameras]
         policy = PolicyManager(cfg.samples, cfg.device_id, cfg.mqtt.topic_prefix, outbox)
         telemetry = Telemetry(cfg.device_id, cfg.mqtt.topic_prefix, caps, outbox, publisher, link, policy,
-                              cur.model.calibrated)
+                              cur.model.calibrated, self.region_problems if self.region_models or any(
+                                  c.regions for c in cfg.cameras) else None)
         telemetry.model = cur.model.info
-        pipeline = FramePipeline(cur.rt, cur.model, self.settings_for(cur), cfg.cameras, outbox, policy, telemetry)
+        runners = {path: self.runner(m) for path, m in self.region_models.items()}
+        runners[MAIN] = self.runner(cur)
+        pipeline = FramePipeline(runners, cfg.cameras, outbox, policy, telemetry)
         link.subscriptions[policy.topic] = 1
         policy.report("applied")
         announce = self._home_assistant(outbox)
@@ -203,15 +223,16 @@ class Agent(object):
 
         def apply(loaded: Loaded) -> None:  # the swap (or rollback), between two frames
             self.current = loaded
-            pipeline.swap(loaded.rt, loaded.model, self.settings_for(loaded))
+            pipeline.swap(self.runner(loaded))
             telemetry.calibrated, telemetry.model = loaded.model.calibrated, loaded.model.info
             announce(loaded)  # the device card names the model now running
             self._generation += 1
             prefetch.set_prepare(self._prepare(loaded), self._generation)
 
-        def infer(loaded: Loaded, item: Prepared) -> Outcome:  # the candidate on a frame, in shadow
-            tensor = item.tensor if loaded.spec == self.current.spec else self._prepare(loaded)(item.frame)  # type: ignore
-            return predict(loaded.rt, loaded.model, self.settings_for(loaded), tensor)
+        def infer(loaded: Loaded, item: Prepared) -> Outcome:  # the candidate on a frame's first view, in shadow
+            batch = item.batches[MAIN] if loaded.spec == self.current.spec else \
+                self._prepare(loaded)(item.camera, item.frame)[0][MAIN]  # type: ignore[union-attr]
+            return predict(self.runner(loaded), batch[:1])
 
         rollout = Rollout(cfg.models, self.store, cfg.device_id, cfg.mqtt.topic_prefix, outbox, cur, self.open_model,
                           apply, infer, health_seconds=self._probation,
@@ -264,20 +285,22 @@ class Agent(object):
                 log.info("every camera reached the end of its input")
                 break
 
-    def _process(self, p: "_Parts", item: Prepared) -> Outcome:
+    def _process(self, p: "_Parts", item: Prepared) -> Optional[Outcome]:
         """One frame; when the model swapped in moments ago fails on it, the rollout rolls back and the same frame
         runs on the restored model (nothing was committed for it yet): no frame is lost."""
         if item.generation != self._generation:  # prepared for the model before a swap
-            item = item._replace(tensor=self._prepare(self.current)(item.frame),  # type: ignore[arg-type]
-                                 generation=self._generation)
+            item = self._prepare_again(item)
         try:
             return p.pipeline.process(item)
         except Exception as exc:
             if not p.rollout.on_inference_error(exc):
                 raise
-            item = item._replace(tensor=self._prepare(self.current)(item.frame),  # type: ignore[arg-type]
-                                 generation=self._generation)
-            return p.pipeline.process(item)
+            return p.pipeline.process(self._prepare_again(item))
+
+    def _prepare_again(self, item: Prepared) -> Prepared:
+        """The frame of ``item`` prepared for the model running now."""
+        batches, views = self._prepare(self.current)(item.camera, item.frame)  # type: ignore[arg-type]
+        return item._replace(batches=batches, views=views, generation=self._generation)
 
     def _stop(self, p: "_Parts") -> None:
         self.notifier.stopping()
@@ -292,7 +315,8 @@ class Agent(object):
         p.publisher.stop()
         p.link.stop("stopped")
         p.outbox.close()
-        for loaded in {id(x): x for x in (self.current, p.rollout.previous) if x is not None}.values():
+        running = [self.current, p.rollout.previous] + list(self.region_models.values())
+        for loaded in {id(x): x for x in running if x is not None}.values():
             loaded.rt.close()
 
     @staticmethod

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..calibration.images import list_images, load_image
 from ..errors import ConfigError, ImageError, MissingDependencyError, require_module
-from .config import SourceConfig
+from .cameras import SourceConfig
 from .slot import SlotWorker
 
 log = logging.getLogger(__name__)

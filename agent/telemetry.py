@@ -35,8 +35,9 @@ class Telemetry(object):
     same attributes will do in tests)."""
 
     def __init__(self, device_id: str, prefix: str, captures: List[Any], outbox: Any, publisher: Any, link: Any,
-                 policy: Any, calibrated: bool = False) -> None:
+                 policy: Any, calibrated: bool = False, regions: Any = None) -> None:
         self.device_id, self.prefix = device_id, prefix
+        self.regions = regions  # the regions' problems now (agent/regions.RegionProblems), None: no regions
         self.captures, self.outbox, self.publisher, self.link, self.policy = captures, outbox, publisher, link, policy
         self.started = time.time()
         self.processed = 0
@@ -56,9 +57,13 @@ class Telemetry(object):
         """One frame's time in one stage (decode, preprocess, inference, postprocess, commit)."""
         self.stages[name].append(ms)
 
-    def frame(self, label: str, score: float, accepted: bool, inference_ms: float) -> None:
+    def frame(self, inference_ms: float) -> None:
+        """One frame processed, its inference (every model it ran on) taking ``inference_ms``."""
         self.inference_ms.append(inference_ms)
         self.processed += 1
+
+    def verdict(self, label: str, score: float, accepted: bool) -> None:
+        """One classification: the whole frame's, or one region's."""
         decisions.counts_add(self.counts, label if accepted else "_uncertain")
         decisions.counts_add(self.seen, label)
         if not accepted:
@@ -75,6 +80,7 @@ class Telemetry(object):
                                   publish=_pct(getattr(self.publisher, "commit_to_publish_ms", ()))),
                 "dropped_frames": sum(c.dropped for c in self.captures),
                 "cameras": {c.name: c.stats() for c in self.captures},
+                "regions": self.regions.snapshot() if self.regions is not None else {},
                 "outbox": {"depth": self.outbox.depth(), "bytes": self.outbox.bytes,
                            "counters": self.outbox.counters()},
                 "samples": {"sent": sum(sampler.taken.values()), "skipped": sum(sampler.skipped.values()),

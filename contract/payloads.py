@@ -9,7 +9,7 @@ turned into a file name without surprises. Unknown fields are ignored (a newer a
 import json
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import Annotated, Literal
@@ -25,6 +25,7 @@ MAX_IMAGE_CHARS = 4 << 20
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL)]
 Count = Annotated[int, Field(ge=0)]
+Pixel = Annotated[int, Field(ge=0, le=100000)]
 
 
 def new_id() -> str:
@@ -68,6 +69,8 @@ class Result(_Payload):
 
     device: str = Field(pattern=NAME, description="device id")
     camera: str = Field(pattern=NAME, description="camera name")
+    region: Optional[str] = Field(None, pattern=NAME, description="the region of interest classified (topic "
+                                                                  "<camera>/<region>/result); absent: the whole frame")
     ts: str = Field(pattern=TS, description="capture time")
     frame: int = Field(ge=0, description="the camera's capture sequence number (gaps: frames dropped as stale)")
     model: ModelInfo = Field(description="the model that classified the frame")
@@ -86,6 +89,7 @@ class State(_Payload):
 
     device: str = Field(pattern=NAME, description="device id")
     camera: str = Field(pattern=NAME, description="camera name")
+    region: Optional[str] = Field(None, pattern=NAME, description="the region of interest; absent: the whole frame")
     label: Label = Field(description="the accepted label now")
     score: Probability = Field(description="its probability on the frame that changed the state")
     ts: str = Field(pattern=TS, description="capture time of that frame")
@@ -103,6 +107,9 @@ class Sample(_Payload):
 
     device: str = Field(pattern=NAME, description="device id")
     camera: str = Field(pattern=NAME, description="camera name")
+    region: Optional[str] = Field(None, pattern=NAME, description="the region of interest; ``image`` is its crop")
+    box: Optional[List[Pixel]] = Field(None, min_length=4, max_length=4, description="the region's [x, y, width, "
+                                                                                     "height] in the frame's pixels")
     ts: str = Field(pattern=TS, description="capture time")
     model: ModelInfo = Field(description="the model that classified the frame")
     reason: str = Field(min_length=1, max_length=64, description="the sampling strategy that took the frame")
@@ -111,7 +118,9 @@ class Sample(_Payload):
     threshold: Optional[Probability] = Field(None, description="the threshold of the top-1 class")
     top_k: List[Score] = Field(default_factory=list, max_length=MAX_TOP_K, description="best classes")
     result_id: Optional[str] = Field(None, pattern=ID, description="id of the result message of this frame")
-    image: Image = Field(description="the frame, privacy masks applied")
+    image: Image = Field(description="the frame (a region: its crop), privacy masks applied")
+    context: Optional[Image] = Field(None, description="a region's whole frame, reduced, privacy masks applied "
+                                                       "(cameras[].region_sample_frame)")
 
 
 class Status(_Payload):
@@ -191,6 +200,10 @@ class Stats(_Payload):
                                                          "handed to the MQTT connection)")
     dropped_frames: Count = Field(description="frames dropped as stale, all cameras")
     cameras: Dict[str, CameraStats] = Field(description="per camera")
+    regions: Dict[str, Optional[Annotated[str, Field(max_length=500)]]] = Field(
+        default_factory=dict, max_length=1024, description="per region of interest (camera/region): why it is "
+                                                          "skipped (its box does not fit the frame), null while it "
+                                                          "is classified")
     outbox: OutboxStats = Field(description="the durable outbox")
     samples: SampleStats = Field(description="sampling counters since start")
     counts: Dict[str, int] = Field(default_factory=dict, description="results per label since the last report "
@@ -218,10 +231,14 @@ def build(kind: Any, **fields: Any) -> Any:
     return kind(v=SCHEMA_VERSION, id=new_id(), **fields)
 
 
+REGION_ONLY = ("region", "box", "context")  # left out when absent: a whole frame's payloads are as they were
+
+
 def encode(payload: Union[BaseModel, Dict[str, Any]]) -> bytes:
     """Compact UTF-8 JSON; NaN and infinities are refused (they are not JSON)."""
     if isinstance(payload, BaseModel):
-        return payload.model_dump_json().encode("utf-8")
+        absent = {f for f in REGION_ONLY if f in type(payload).model_fields and getattr(payload, f) is None}
+        return payload.model_dump_json(exclude=absent or None).encode("utf-8")
     return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
@@ -232,26 +249,37 @@ def status(state: str, device_id: str) -> Status:
 
 def result(device_id: str, camera: str, model: Dict[str, Any], label: str, score: float, accepted: bool,
            threshold: float, top_k: List[Dict[str, Any]], captured: float, inference_ms: float,
-           pipeline_ms: float, frame_seq: int, calibrated: bool = False) -> Result:
-    return build(Result, device=device_id, camera=camera, ts=iso(captured), frame=frame_seq, model=model,
+           pipeline_ms: float, frame_seq: int, calibrated: bool = False, region: Optional[str] = None) -> Result:
+    return build(Result, device=device_id, camera=camera, region=region, ts=iso(captured), frame=frame_seq,
+                 model=model,
                  label=label, score=round(score, 6), accepted=accepted, threshold=threshold, top_k=top_k,
                  calibrated=calibrated,
                  latency_ms={"inference": round(inference_ms, 3), "capture_to_commit": round(pipeline_ms, 3)})
 
 
-def state(device_id: str, camera: str, label: str, score: float, captured: float) -> State:
-    return build(State, device=device_id, camera=camera, label=label, score=round(score, 6), ts=iso(captured))
+def state(device_id: str, camera: str, label: str, score: float, captured: float,
+          region: Optional[str] = None) -> State:
+    return build(State, device=device_id, camera=camera, region=region, label=label, score=round(score, 6),
+                 ts=iso(captured))
+
+
+def jpeg_image(jpeg: bytes, width: int, height: int) -> Dict[str, Any]:
+    import base64
+
+    return {"format": "jpeg", "width": width, "height": height, "data": base64.b64encode(jpeg).decode("ascii")}
 
 
 def sample(device_id: str, camera: str, model: Dict[str, Any], reason: str, label: str, score: float,
            threshold: Optional[float], top_k: List[Dict[str, Any]], captured: float, jpeg: bytes, width: int,
-           height: int, result_id: Optional[str] = None) -> Sample:
-    import base64
-
-    return build(Sample, device=device_id, camera=camera, ts=iso(captured), model=model, reason=reason, label=label,
-                 score=round(score, 6), threshold=threshold, top_k=top_k, result_id=result_id,
-                 image={"format": "jpeg", "width": width, "height": height,
-                        "data": base64.b64encode(jpeg).decode("ascii")})
+           height: int, result_id: Optional[str] = None, region: Optional[str] = None,
+           box: Optional[Tuple[int, int, int, int]] = None,
+           context: Optional[Tuple[bytes, int, int]] = None) -> Sample:
+    """``context``: (JPEG, width, height) of a region's whole frame."""
+    return build(Sample, device=device_id, camera=camera, region=region, box=None if box is None else list(box),
+                 ts=iso(captured), model=model,
+                 reason=reason, label=label, score=round(score, 6), threshold=threshold, top_k=top_k,
+                 result_id=result_id, image=jpeg_image(jpeg, width, height),
+                 context=None if context is None else jpeg_image(*context))
 
 
 def stats(device_id: str, body: Dict[str, Any]) -> Stats:

@@ -1,7 +1,7 @@
 """The topic tree: ``<prefix>/<device>/...`` (docs/mqtt.md). Every level a device or a user names is checked here,
 before anything is committed to the outbox: a level with ``+``, ``#`` or NUL is a topic no broker accepts for a
 publish, and an empty level or a leading ``$`` is one that subscribers would never match."""
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 STATUS, STATS = "status", "stats"
 RESULT, STATE, SAMPLE = "result", "state", "sample"
@@ -42,14 +42,21 @@ def topic(prefix: str, device_id: str, *parts: str) -> str:
     return "/".join((prefix, device_id) + parts)
 
 
-def sample_subscription(prefix: str) -> str:
-    """What a collector subscribes to: every device's and camera's samples."""
-    return "%s/+/+/%s" % (prefix, SAMPLE)
+def target(camera: str, region: Optional[str] = None) -> Tuple[str, ...]:
+    """The topic levels of one classified target: ``<camera>`` or, for a region of interest, ``<camera>/<region>``."""
+    return (camera,) if region is None else (camera, region)
 
 
-def device_and_camera(topic_name: str) -> Tuple[str, str]:
-    """(device, camera) of a ``<prefix>/<device>/<camera>/sample`` topic; ValueError for any other topic."""
-    parts = topic_name.split("/")
-    if len(parts) < 4 or parts[-1] != SAMPLE:
-        raise ValueError("not a sample topic: %s" % topic_name[:200])
-    return parts[-3], parts[-2]
+def sample_subscriptions(prefix: str) -> List[str]:
+    """What a collector subscribes to: every device's samples, of whole frames and of regions of interest."""
+    return ["%s/+/+/%s" % (prefix, SAMPLE), "%s/+/+/+/%s" % (prefix, SAMPLE)]
+
+
+def is_sample_topic_of(topic_name: str, device: str, camera: str, region: Optional[str] = None,
+                       prefix: Optional[str] = None) -> bool:
+    """Is ``topic_name`` the sample topic of that device, camera and region (under ``prefix``; without one, under
+    any prefix)?"""
+    tail = "/".join((device,) + target(camera, region) + (SAMPLE,))
+    if prefix is not None:
+        return topic_name == "%s/%s" % (prefix, tail)
+    return topic_name.endswith("/" + tail)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..contract.client import CLI_FIELDS, ClientSettings, make_client
-from ..contract.topics import sample_subscription
+from ..contract.topics import sample_subscriptions
 from ..errors import BrokerError, ConfigError, require_module
 from .intake import Rejected, parse_sample
 from .stores import StoreUnavailable, open_store
@@ -50,9 +50,10 @@ class CollectOptions:
     connect_timeout: float = 30.0
     s3_endpoint: Optional[str] = None  # s3:// datasets: a non-AWS endpoint (MinIO, Ceph RGW, Garage, moto)
 
-    def topic(self) -> str:
-        plain = sample_subscription(self.topic_prefix)
-        return "$share/%s/%s" % (self.group, plain) if self.share else plain
+    def topics(self) -> List[str]:
+        """The subscriptions: whole-frame and region samples, in the shared group unless ``share`` is off."""
+        plain = sample_subscriptions(self.topic_prefix)
+        return ["$share/%s/%s" % (self.group, t) for t in plain] if self.share else plain
 
     def settings(self, client_id: str) -> ClientSettings:
         return ClientSettings(host=self.host, port=self.port, client_id=client_id, protocol="5",
@@ -102,8 +103,8 @@ class Collector(object):
             return
         self.connects += 1
         log.info("connected to %s:%d as %s (session %s); subscribing to %s", self.opts.host, self.opts.port,
-                 self.client_id, "resumed" if flags.session_present else "new", self.opts.topic())
-        client.subscribe(self.opts.topic(), qos=1)
+                 self.client_id, "resumed" if flags.session_present else "new", ", ".join(self.opts.topics()))
+        client.subscribe([(t, 1) for t in self.opts.topics()])
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -192,7 +193,8 @@ class Collector(object):
         for _, _, topic, body in batch:
             self.stats.received += 1
             try:
-                checked.append((parse_sample(topic, body, self.opts.max_bytes), topic, body))
+                sample = parse_sample(topic, body, self.opts.max_bytes, self.opts.topic_prefix)
+                checked.append((sample, topic, body))
             except Rejected as exc:
                 self._reject(topic, body, exc.reason)
             except Exception as exc:  # a payload must never stop the collector (one line, no traceback)

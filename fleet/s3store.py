@@ -3,6 +3,7 @@ once and without a lock (docs/collect.md).
 
     s3://BUCKET/PREFIX/images/<sha256[:2]>/<sha256>.jpg   the JPEG, content-addressed (same bytes, same key)
     s3://BUCKET/PREFIX/samples/<sha256>.json              its record (the manifest line of the folder store)
+    s3://BUCKET/PREFIX/frames/<sha256[:2]>/<sha256>.jpg   a region sample's whole frame, when the device sent one
     s3://BUCKET/PREFIX/_rejected/<time>_<id>.json         payloads that were not stored, with the reason
 
 A sample is stored when its record exists. The image is put first, then the record with a conditional put
@@ -124,13 +125,21 @@ class S3Store(Store):
                 return
 
     # -- storing ---------------------------------------------------------------------------------------------
+    def _put_jpeg(self, rel: str, data: bytes) -> None:
+        self._retrying(lambda: self.s3.put_object(Bucket=self.bucket, Key=self.key(rel), Body=data,
+                                                  ContentType="image/jpeg"), "store an image")
+
     def _store_one(self, s: Sample, received: str) -> bool:
         """True when this call created the record, False when it existed (a duplicate)."""
         digest = hashlib.sha256(s.jpeg).hexdigest()
         rel = "images/%s/%s.jpg" % (digest[:2], digest)
-        self._retrying(lambda: self.s3.put_object(Bucket=self.bucket, Key=self.key(rel), Body=s.jpeg,
-                                                  ContentType="image/jpeg"), "store an image")
-        rec = manifest_record(s, rel, digest, received, self.collector)
+        self._put_jpeg(rel, s.jpeg)
+        context = None
+        if s.context is not None:  # a region's whole frame: content-addressed too, stored before the record
+            ctx_digest = hashlib.sha256(s.context).hexdigest()
+            context = "frames/%s/%s.jpg" % (ctx_digest[:2], ctx_digest)
+            self._put_jpeg(context, s.context)
+        rec = manifest_record(s, rel, digest, received, self.collector, context)
         body = json.dumps(rec, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
         def put_record() -> bool:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 REJECTED = "_rejected"
+FRAMES = "_frames"  # the whole frames sent with region samples (not a class folder: it starts with _)
 LOCK = ".collect.lock"
 TMP = ".tmp"
 
@@ -168,33 +169,41 @@ class Dataset(Store):
         (the class folder is the label made safe and short; the manifest keeps the exact label)."""
         return "%s/%s.jpg" % (folder_name(s.payload.label), s.payload.id)
 
+    def _stage(self, rel: str) -> str:
+        os.makedirs(os.path.join(self.root, os.path.dirname(rel)), exist_ok=True)
+        return os.path.join(self.root, rel) + "." + uuid.uuid4().hex[:8] + TMP
+
     def add_batch(self, samples: List[Sample]) -> Tuple[int, int]:
         """Store the new ones of ``samples``; returns (stored, duplicates). Durable when it returns."""
-        staged = []  # (sample, rel path, tmp path, sha256)
+        staged = []  # (sample, rel path, sha256, [(tmp path, rel path, bytes)]: the image, then a region's frame)
         for s in samples:
             if s.payload.id in self.ids:  # known already: no need to write the image at all
-                staged.append((s, None, None, None))
+                staged.append((s, None, None, []))
                 continue
             rel = self.file_for(s)
-            os.makedirs(os.path.join(self.root, os.path.dirname(rel)), exist_ok=True)
-            tmp = os.path.join(self.root, rel) + "." + uuid.uuid4().hex[:8] + TMP
-            staged.append((s, rel, tmp, hashlib.sha256(s.jpeg).hexdigest()))
+            files = [(self._stage(rel), rel, s.jpeg)]
+            if s.context is not None:
+                ctx = "%s/%s.jpg" % (FRAMES, s.payload.id)
+                files.append((self._stage(ctx), ctx, s.context))
+            staged.append((s, rel, hashlib.sha256(s.jpeg).hexdigest(), files))
         # the fsyncs overlap in a few threads (they release the GIL; the file system commits them together)
-        list(self._pool.map(lambda st: _write_synced(st[2], st[0].jpeg), [st for st in staged if st[1]]))
+        list(self._pool.map(lambda f: _write_synced(f[0], f[2]), [f for st in staged for f in st[3]]))
         stored, dupes = 0, 0
         lines, folders = [], set()
         received = iso(time.time())
         with self._locked():
             self._catch_up()
-            for s, rel, tmp, digest in staged:
+            for s, rel, digest, files in staged:
                 if rel is None or s.payload.id in self.ids or digest in self.hashes:
                     dupes += 1
-                    if tmp is not None:
+                    for tmp, _, _ in files:
                         os.remove(tmp)
                     continue
-                os.replace(tmp, os.path.join(self.root, rel))
-                folders.add(os.path.dirname(os.path.join(self.root, rel)))
-                rec = manifest_record(s, rel, digest, received, self.collector)
+                for tmp, final, _ in files:
+                    os.replace(tmp, os.path.join(self.root, final))
+                    folders.add(os.path.dirname(os.path.join(self.root, final)))
+                rec = manifest_record(s, rel, digest, received, self.collector,
+                                      files[1][1] if len(files) > 1 else None)
                 lines.append(json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n")
                 self.ids.add(s.payload.id)
                 self.hashes.add(digest)

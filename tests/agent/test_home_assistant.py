@@ -8,6 +8,7 @@ import time
 
 
 from edgesight.agent import home_assistant
+from edgesight.agent.home_assistant import Entity
 
 from support.mqtt import Collector, agent_config, folder_camera, start_agent
 
@@ -37,7 +38,9 @@ def check_schema(topic, cfg, discovery_prefix="homeassistant"):
 
 
 def test_configs_follow_the_discovery_schema_and_render():
-    out = home_assistant.configs("homeassistant", "site/edgesight", "dev.1", ["door", "bay"], ["closed", 'op"en'],
+    labels = ["closed", 'op"en']
+    out = home_assistant.configs("homeassistant", "site/edgesight", "dev.1", [Entity("door", None, labels),
+                                                                              Entity("bay", None, labels)],
                                  {"name": "door", "version": "2.0.0"})
     kinds = [check_schema(t, c) for t, c in out]
     assert sorted(kinds) == ["binary_sensor", "binary_sensor", "sensor", "sensor"]
@@ -57,8 +60,28 @@ def test_configs_follow_the_discovery_schema_and_render():
     for status, want in (("online", "online"), ("offline", "offline"), ("stopped", "offline")):
         assert render(avail["value_template"], {"state": status}) == want
     # ten classes: a sensor only
-    ten = home_assistant.configs("ha", "edgesight", "d", ["c"], [str(i) for i in range(10)], {})
+    ten = home_assistant.configs("ha", "edgesight", "d", [Entity("c", None, [str(i) for i in range(10)])], {})
     assert [check_schema(t, c, "ha") for t, c in ten] == ["sensor"]
+
+
+def test_each_region_of_interest_is_an_entity_of_its_own_on_its_state_topic():
+    """Two regions of one camera, one with a two-class model of its own: two sensors, one binary_sensor, each
+    reading its region's retained state topic, none sharing an id with the other or with a whole camera."""
+    out = dict(home_assistant.configs("homeassistant", "edgesight", "dev1", [
+        Entity("yard", "gate", ["closed", "open"]), Entity("yard", "bench", ["saw", "drill", "none"]),
+        Entity("hall", None, ["empty", "occupied"])], {"name": "m", "version": "1"}))
+    for topic, cfg in out.items():
+        check_schema(topic, cfg)
+    gate = out["homeassistant/sensor/edgesight_dev1/yard__gate/config"]
+    assert gate["state_topic"] == "edgesight/dev1/yard/gate/state" and gate["name"] == "yard gate"
+    bench = out["homeassistant/sensor/edgesight_dev1/yard__bench/config"]
+    assert bench["state_topic"] == "edgesight/dev1/yard/bench/state"
+    on = out["homeassistant/binary_sensor/edgesight_dev1/yard__gate/config"]
+    state = {"device": "dev1", "camera": "yard", "region": "gate", "label": "open", "score": 0.9,
+             "ts": "2026-12-04T10:00:00Z"}
+    assert render(on["value_template"], state) == "ON" and render(gate["value_template"], state) == "open"
+    assert "homeassistant/binary_sensor/edgesight_dev1/yard__bench/config" not in out  # three classes
+    assert len({c["unique_id"] for c in out.values()}) == len(out) == 5
 
 
 def retained_configs(port, seconds=3.0):

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgesight.agent.config import CameraConfig
+from edgesight.agent.cameras import CameraConfig
 from edgesight.agent.outbox import Outbox
-from edgesight.agent.pipeline import FramePipeline, ModelView, Settings
+from edgesight.agent.pipeline import FramePipeline, ModelView, Runner, Settings
 from edgesight.agent.policy import PolicyManager
 from edgesight.agent.prefetch import Prepared
+from edgesight.agent.regions import MAIN, Preparer, View
 from edgesight.agent.sources import Frame
 from edgesight.agent.telemetry import Telemetry
 from edgesight.calibration.images import list_images, load_image
@@ -38,19 +39,20 @@ def model():
 
 
 def make(model, tmp_path, threshold=0.8, per_class=None, hysteresis=1, policy=None, masks=None,
-         publish_mode="every_frame", mask_units="pixels", temperature=1.0, calibrated=False):
+         publish_mode="every_frame", mask_units="pixels", temperature=1.0, calibrated=False, cameras=None):
     pkg, rt = model
     outbox = Outbox(str(tmp_path / "outbox.db"))
     policy_mgr = PolicyManager(policy or SamplingPolicy(max_per_minute=None, min_gap=0, dedup={"enabled": False}),
                                "dev1", "edgesight", outbox)
     telemetry = Telemetry("dev1", "edgesight", [], outbox, None, None, policy_mgr)
-    cams = [CameraConfig(name="front", source={"type": "folder", "path": VAL}, privacy_masks=masks or [],
-                         mask_units=mask_units)]
+    cams = cameras or [CameraConfig(name="front", source={"type": "folder", "path": VAL}, privacy_masks=masks or [],
+                                    mask_units=mask_units)]
     view = ModelView(pkg.labels, pkg.manifest.output, {"name": "digits-cnn", "version": "1.0.0",
                                                         "sha256": "0123456789ab", "artifact": "model.fp32.onnx",
                                                         "runtime": "onnxruntime"}, temperature, calibrated)
     settings = Settings("dev1", "edgesight", 3, threshold, per_class or {}, hysteresis, publish_mode, 0.0)
-    pipe = FramePipeline(rt, view, settings, cams, outbox, policy_mgr, telemetry, rng=random.Random(0))
+    pipe = FramePipeline({MAIN: Runner(rt, view, settings)}, cams, outbox, policy_mgr, telemetry,
+                         rng=random.Random(0))
     return pipe, outbox, telemetry, pkg.preprocess_for(rt)
 
 
@@ -58,7 +60,8 @@ def frames(label, n, spec, seq0=0):
     paths = [p for p, lbl in list_images(VAL) if lbl == label][:n]
     for i, p in enumerate(paths):
         img = load_image(p)
-        yield Prepared("front", Frame(img, "rgb", time.time(), seq0 + i + 1), preprocess(img, spec)[None], 0.1)
+        yield Prepared("front", Frame(img, "rgb", time.time(), seq0 + i + 1), {MAIN: preprocess(img, spec)[None]},
+                       [View(None, None, MAIN, 0)], 0.1)
 
 
 def committed(outbox, kind):
@@ -137,9 +140,93 @@ def test_scores_are_softmax_of_the_logits_over_the_artifacts_temperature(model, 
     pkg, rt = model
     pipe, outbox, _, spec = make(model, tmp_path, threshold=1.0, temperature=1.7, calibrated=True)
     item = next(frames("eight", 1, spec))
-    logits = next(iter(rt.infer(item.tensor).values()))
+    logits = next(iter(rt.infer(item.batches[MAIN]).values()))
     pipe.process(item)
     _, row = committed(outbox, "result")[0]
     expect = to_probabilities(logits, "logits", 1.7)[0]
     assert row["score"] == pytest.approx(float(expect.max()), abs=1e-5) and row["calibrated"] is True
     assert float(expect.max()) != pytest.approx(float(to_probabilities(logits, "logits")[0].max()), abs=1e-4)
+
+
+# -- regions of interest ---------------------------------------------------------------------------------------
+COUNTER = os.path.join(EXAMPLE, "images", "counter")  # frame n reads 37 + n: tens at [16, 8, 48, 48], ones at x 64
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+class Counted(object):
+    """The real runtime, with the batch size of every call written down."""
+
+    def __init__(self, rt):
+        self.rt, self.calls = rt, []
+
+    def infer(self, batch):
+        self.calls.append(batch.shape[0])
+        return self.rt.infer(batch)
+
+
+def decoded(image):
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(image["data"]))).convert("RGB")).astype(int)
+
+
+def test_each_region_is_classified_published_and_sampled_on_its_own_from_one_batch(model, tmp_path):
+    policy = SamplingPolicy(strategies=[{"type": "low_confidence"}], max_per_minute=None, min_gap=0,
+                            dedup={"enabled": False})
+    cam = CameraConfig(name="counter", source={"type": "folder", "path": COUNTER}, region_sample_frame=64,
+                       regions=[{"name": "tens", "box": [16, 8, 48, 48]}, {"name": "ones", "box": [64, 8, 48, 48]}],
+                       privacy_masks=[[[0, 0], [128, 0], [128, 4], [0, 4]]])  # a strip above both wheels
+    pipe, outbox, telemetry, spec = make(model, tmp_path, threshold=1.0, policy=policy, cameras=[cam])
+    counted = Counted(pipe.main.rt)
+    pipe.runners[MAIN] = pipe.main._replace(rt=counted)
+    prep = Preparer([cam], {MAIN: spec})
+    frames_ = []
+    for n in range(3):  # 37, 38, 39
+        frame = Frame(load_image(os.path.join(COUNTER, "frame_%03d.png" % n)), "rgb", time.time(), n + 1)
+        frames_.append(frame)
+        pipe.process(Prepared("counter", frame, *prep("counter", frame), preprocess_ms=0.1))
+    assert counted.calls == [2, 2, 2]  # one run of the model per frame, both regions in it
+    assert telemetry.processed == 3
+    results = committed(outbox, "result")
+    assert [t for t, _ in results] == ["edgesight/dev1/counter/tens/result", "edgesight/dev1/counter/ones/result"] * 3
+    assert [(r["region"], r["label"], r["frame"]) for _, r in results] == [
+        ("tens", "three", 1), ("ones", "seven", 1), ("tens", "three", 2), ("ones", "eight", 2),
+        ("tens", "three", 3), ("ones", "nine", 3)]
+    for _, r in results:
+        payloads.Result.model_validate(r)
+    # threshold 1.0 accepts nothing: no state; every result is uncertain and sampled, each as its region's crop
+    samples = committed(outbox, "sample")
+    assert len(samples) == 6 and {t for t, _ in samples} == {"edgesight/dev1/counter/tens/sample",
+                                                             "edgesight/dev1/counter/ones/sample"}
+    for (topic, smp), frame in zip(samples, [f for f in frames_ for _ in (0, 1)]):
+        payloads.Sample.model_validate(smp)
+        x, y, w, h = smp["box"]
+        assert (smp["image"]["width"], smp["image"]["height"]) == (w, h) == (48, 48)
+        other = 64 if x == 16 else 16
+        crop = decoded(smp["image"])
+        assert np.abs(crop - frame.image[y:y + h, x:x + w]).mean() < 4  # its own wheel (JPEG noise aside)
+        assert np.abs(crop - frame.image[y:y + h, other:other + w]).mean() > 20  # not the other one
+        ctx = decoded(smp["context"])
+        assert ctx.shape == (32, 64, 3) and ctx[:2].max() <= 8  # the whole frame, reduced, the mask applied
+        assert smp["region"] == topic.split("/")[-2] and smp["result_id"] in {r["id"] for _, r in results}
+
+
+def test_each_region_has_its_own_state_and_a_camera_without_regions_is_as_before(model, tmp_path):
+    cams = [CameraConfig(name="counter", source={"type": "folder", "path": COUNTER},
+                         regions=[{"name": "tens", "box": [16, 8, 48, 48]}, {"name": "ones", "box": [64, 8, 48, 48]}]),
+            CameraConfig(name="front", source={"type": "folder", "path": VAL})]
+    pipe, outbox, _, spec = make(model, tmp_path, threshold=0.5, cameras=cams)
+    prep = Preparer(cams, {MAIN: spec})
+    for n in (2, 3, 4):  # 39, 40, 41
+        frame = Frame(load_image(os.path.join(COUNTER, "frame_%03d.png" % n)), "rgb", time.time(), n)
+        pipe.process(Prepared("counter", frame, *prep("counter", frame), preprocess_ms=0.1))
+    for item in frames("six", 1, spec):
+        outcome = pipe.process(item)
+    assert outcome.label == "six"
+    states = [(t, s["label"], s.get("region")) for t, s in committed(outbox, "state")]
+    assert states == [("edgesight/dev1/counter/tens/state", "three", "tens"),
+                      ("edgesight/dev1/counter/ones/state", "nine", "ones"),
+                      ("edgesight/dev1/counter/tens/state", "four", "tens"),
+                      ("edgesight/dev1/counter/ones/state", "zero", "ones"),
+                      ("edgesight/dev1/counter/ones/state", "one", "ones"),
+                      ("edgesight/dev1/front/state", "six", None)]
+    _, whole = committed(outbox, "result")[-1]
+    assert "region" not in whole and whole["camera"] == "front"  # a whole frame's payload is as it was

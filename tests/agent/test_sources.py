@@ -94,16 +94,16 @@ def test_prefetch_prepares_the_latest_frame_only_after_the_last_one_was_taken():
 
     prepared = []
 
-    def prepare(frame):
+    def prepare(camera, frame):
         prepared.append(frame.seq)
-        return frame.image[None].astype(np.float32)
+        return {"": frame.image[None].astype(np.float32)}, []
 
     cap = Capture("cam", Numbered(100000), fps=500).start()
     pre = Prefetch([cap], prepare).start()
     try:
         first = pre.take(timeout=2)
-        assert first is not None and first.camera == "cam" and first.tensor.shape == (1, 2, 2, 3)
-        assert float(first.tensor[0, 0, 0, 0]) == first.frame.seq % 256 and first.preprocess_ms >= 0
+        assert first is not None and first.camera == "cam" and first.batches[""].shape == (1, 2, 2, 3)
+        assert float(first.batches[""][0, 0, 0, 0]) == first.frame.seq % 256 and first.preprocess_ms >= 0
         wait_until(lambda: len(prepared) == 2)
         time.sleep(0.1)  # the camera goes on (~50 frames); the stage holds one prepared frame and waits
         assert len(prepared) == 2  # nothing prepared while the slot is full
@@ -148,13 +148,13 @@ def test_prefetch_round_robin_and_drained_at_the_end_of_every_camera():
         has_frame = property(lambda self: bool(self.frames))
 
     caps = [Queued("a", [1, 2, 3]), Queued("b", [11, 12, 13, 14, 15])]
-    pre = Prefetch(caps, lambda f: f.image[None]).start()
+    pre = Prefetch(caps, lambda camera, f: ({"": f.image[None]}, [])).start()
     try:
         end, got = time.time() + 5, []
         while not pre.drained() and time.time() < end:
             item = pre.take(timeout=0.05)
             if item is not None:
-                got.append((item.camera, int(item.tensor[0, 0, 0, 0])))
+                got.append((item.camera, int(item.batches[""][0, 0, 0, 0])))
         assert pre.drained() and pre.take(timeout=0.01) is None
         assert got == [("a", 1), ("b", 11), ("a", 2), ("b", 12), ("a", 3), ("b", 13), ("b", 14), ("b", 15)]
     finally:
@@ -167,7 +167,7 @@ def test_prefetch_failure_is_reported_and_stops_the_agent():
     from edgesight.agent.sources import Capture
     from edgesight.errors import InferenceError
 
-    def prepare(frame):
+    def prepare(camera, frame):
         raise ValueError("frame has 7 channels")
 
     cap = Capture("cam", Numbered(10), fps=100).start()

@@ -100,11 +100,18 @@ def test_topic_prefixes(prefix, ok):
             topics.check_prefix(prefix)
 
 
-def test_sample_topics_name_device_and_camera():
-    assert topics.device_and_camera("site/edgesight/dev1/front/sample") == ("dev1", "front")
-    assert topics.sample_subscription("edgesight") == "edgesight/+/+/sample"
-    with pytest.raises(ValueError):
-        topics.device_and_camera("edgesight/dev1/front/result")
+def test_sample_topics_name_device_camera_and_region():
+    assert topics.sample_subscriptions("edgesight") == ["edgesight/+/+/sample", "edgesight/+/+/+/sample"]
+    assert topics.is_sample_topic_of("site/edgesight/dev1/front/sample", "dev1", "front")
+    assert topics.is_sample_topic_of("site/edgesight/dev1/front/door/sample", "dev1", "front", "door")
+    assert topics.is_sample_topic_of("site/edgesight/dev1/front/sample", "dev1", "front", prefix="site/edgesight")
+    for topic, device, camera, region, prefix in (
+            ("edgesight/dev1/front/result", "dev1", "front", None, None),  # not a sample topic
+            ("edgesight/dev1/front/door/sample", "dev1", "front", None, None),  # a region's, not the camera's
+            ("edgesight/dev1/front/sample", "dev1", "front", "door", None),
+            ("edgesight/x/dev1/front/sample", "dev1", "front", None, "edgesight"),  # device x, camera dev1, ...
+            ("other/dev1/front/sample", "dev1", "front", None, "edgesight")):
+        assert not topics.is_sample_topic_of(topic, device, camera, region, prefix), topic
 
 
 def test_tls_files_that_are_not_pem_are_config_errors_naming_the_option(tmp_path):

@@ -19,3 +19,17 @@ def test_a_good_payload_parses():
     topic, body = sample_payload(2)
     s = parse_sample(topic, payloads.encode(body))
     assert s.payload.label == "three" and s.jpeg.startswith(b"\xff\xd8") and s.payload.top_k[1].label == "eight"
+
+
+def test_a_regions_sample_parses_on_its_regions_topic_with_its_whole_frame():
+    topic, body = sample_payload(2, region="door")
+    assert topic == "edgesight/dev1/front/door/sample"
+    s = parse_sample(topic, payloads.encode(body), prefix="edgesight")
+    assert s.payload.region == "door" and s.payload.box == [4, 3, 40, 30] and s.context.startswith(b"\xff\xd8")
+    for wrong in ("edgesight/dev1/front/sample", "edgesight/dev1/front/gate/sample",
+                  "x/edgesight/dev1/front/door/sample"):
+        with pytest.raises(Rejected, match="does not match the payload's device 'dev1', camera 'front' and region"):
+            parse_sample(wrong, payloads.encode(body), prefix="edgesight")
+    body["context"]["data"] = body["image"]["data"][:8]
+    with pytest.raises(Rejected, match="context.data does not open"):
+        parse_sample(topic, payloads.encode(body))

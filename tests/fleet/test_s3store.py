@@ -1,5 +1,6 @@
 """The S3 store against a real S3 HTTP endpoint on loopback (moto's standalone server): exactly once without a lock
 across stores and collector processes, SIGKILL and restart, an S3 outage mid-stream, the bad-payload corpus, export."""
+import base64
 import importlib.util
 import json
 import os
@@ -93,11 +94,16 @@ def test_bad_payload_corpus_lands_under_rejected_objects(broker, s3, tmp_path):
             pub.send("edgesight/dev1/front/sample", body)
         topic, good = sample_payload(7)
         pub.send(topic, payloads.encode(good))
-        assert wait_for(lambda: len(s3.keys("fleet", "ds/samples/")) == 1, 30)
+        topic, region = sample_payload(8, region="door")  # on <camera>/<region>/sample: the second subscription
+        pub.send(topic, payloads.encode(region))
+        assert wait_for(lambda: len(s3.keys("fleet", "ds/samples/")) == 2, 30)
     finally:
         pub.close()
     summary, err = stop_collector(proc)
-    assert summary["rejected"] == len(corpus) and summary["stored"] == 1 and summary["dataset"] == "s3://fleet/ds"
+    assert summary["rejected"] == len(corpus) and summary["stored"] == 2 and summary["dataset"] == "s3://fleet/ds"
+    rec = [r for r in records(s3) if r["id"] == region["id"]][0]
+    assert rec["region"] == "door" and rec["box"] == [4, 3, 40, 30] and rec["context_file"].startswith("frames/")
+    assert s3.get("fleet", "ds/" + rec["context_file"]) == base64.b64decode(region["context"]["data"])
     assert "Traceback" not in err
     keys = s3.keys("fleet", "ds/_rejected/")
     assert len(keys) == len(corpus)

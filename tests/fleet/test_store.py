@@ -48,3 +48,21 @@ def test_a_torn_manifest_line_is_cut_off(tmp_path):
     d.close()
     lines = open(os.path.join(root, MANIFEST), "rb").read().splitlines()
     assert len(lines) == 2 and all(json.loads(ln) for ln in lines)
+
+
+def test_a_regions_sample_keeps_its_region_box_and_whole_frame(tmp_path):
+    root = str(tmp_path / "ds")
+    d = Dataset(root)
+    region, whole = parsed(7, region="door"), parsed(8)
+    assert d.add_batch([region, whole, region]) == (2, 1)
+    d.close()
+    recs = {r["id"]: r for r in read_manifest(root)}
+    rec = recs[region.payload.id]
+    assert rec["region"] == "door" and rec["box"] == [4, 3, 40, 30]
+    assert rec["context_file"] == "_frames/%s.jpg" % region.payload.id
+    with open(os.path.join(root, rec["context_file"]), "rb") as f:
+        assert f.read() == region.context
+    with open(os.path.join(root, rec["file"]), "rb") as f:
+        assert f.read() == region.jpeg
+    assert set(recs[whole.payload.id]).isdisjoint({"region", "box", "context_file"})  # as before
+    assert os.listdir(os.path.join(root, "_frames")) == ["%s.jpg" % region.payload.id]  # the duplicate left none

@@ -28,12 +28,15 @@ def jpeg(seed, size=(40, 30)):
     return out.getvalue()
 
 
-def sample_payload(seed, device="dev1", camera="front", label="three"):
+def sample_payload(seed, device="dev1", camera="front", label="three", region=None):
+    """(topic, payload) of a sample; with ``region``, a region's sample: its box and the whole frame as context."""
     data = jpeg(seed)
+    extra = {} if region is None else {"region": region, "box": (4, 3, 40, 30),
+                                       "context": (jpeg(seed + 10000), 40, 30)}
     body = payloads.sample(device, camera, MODEL, "low_confidence", label, 0.42, 0.8,
                            [{"label": label, "score": 0.42}, {"label": "eight", "score": 0.3}], time.time(), data,
-                           40, 30, None).model_dump(mode="json")
-    return "edgesight/%s/%s/sample" % (device, camera), body
+                           40, 30, None, **extra).model_dump(mode="json")
+    return "/".join(("edgesight", device, camera) + ((region,) if region else ()) + ("sample",)), body
 
 
 def bad_corpus():
@@ -77,6 +80,12 @@ def bad_corpus():
          "too large"),
         ("label of 300 characters", changed(label="x" * 300), "label"),
         ("21 top_k", changed(top_k=[{"label": "a", "score": 0.1}] * 21), "top_k"),
+        ("a region's sample on the camera's topic", changed(region="door", box=[0, 0, 40, 30]), "does not match"),
+        ("a box without a region", changed(box=[0, 0, 40, 30]), "belong to a region's sample"),
+        ("a context without a region", changed(context=img), "belong to a region's sample"),
+        ("a region named ../x", changed(region="../x", box=[0, 0, 4, 4]), "region"),
+        ("a box of 3 numbers", changed(box=[1, 2, 3]), "box"),
+        ("a box past 100000 px", changed(box=[0, 0, 200000, 4]), "box"),
     ]
 
 
