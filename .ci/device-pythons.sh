@@ -11,15 +11,7 @@ versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(3.8 3.12 3.13)
 tests=(tests/runtimes tests/calibration tests/agent tests/contract tests/core tests/cli/test_check_config.py)
 
-find_python() {  # find_python 3.8 -> path of an interpreter that really is 3.8
-    local v=$1 p pyenv=pyenv
-    command -v pyenv >/dev/null 2>&1 || pyenv="${PYENV_ROOT:-$HOME/.pyenv}/bin/pyenv"  # not on a CI shell's PATH
-    for p in "$("$pyenv" prefix "$v" 2>/dev/null | head -1)/bin/python$v" "$(command -v "python$v" 2>/dev/null)"; do
-        [ -x "$p" ] && "$p" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$v'.split('.'))))" \
-            && { echo "$p"; return 0; }
-    done
-    return 1
-}
+. .ci/find-python.sh
 
 for v in "${versions[@]}"; do
     t0=$(date +%s)

@@ -2,10 +2,15 @@
 format, required keys, templates rendered with Jinja2's sandbox as Home Assistant does), then a real agent process
 and broker: retained, availability bound to the Last Will, removed when a camera leaves the config."""
 import json
+import os
 import re
 import signal
+import subprocess
 import time
 
+import pytest
+
+import support
 
 from edgesight.agent import home_assistant
 from edgesight.agent.home_assistant import Entity
@@ -82,6 +87,53 @@ def test_each_region_of_interest_is_an_entity_of_its_own_on_its_state_topic():
     assert render(on["value_template"], state) == "ON" and render(gate["value_template"], state) == "open"
     assert "homeassistant/binary_sensor/edgesight_dev1/yard__bench/config" not in out  # three classes
     assert len({c["unique_id"] for c in out.values()}) == len(out) == 5
+
+
+def home_assistant_python():
+    """A Python with Home Assistant installed: .ci/home-assistant.sh makes one and .ci/run exports it."""
+    path = os.environ.get("EDGESIGHT_HA_PYTHON")
+    if path:
+        return path
+    if os.environ.get("EDGESIGHT_CI"):
+        pytest.fail("CI checks discovery with Home Assistant's own code: .ci/home-assistant.sh sets "
+                    "EDGESIGHT_HA_PYTHON")
+    pytest.skip("Home Assistant's own schemas need a Python with homeassistant: bash .ci/home-assistant.sh, then "
+                "EDGESIGHT_HA_PYTHON=.venv-ha/bin/python")
+
+
+def test_configs_pass_home_assistants_own_discovery_schemas_and_template_engine(tmp_path):
+    """The configs of a whole camera, two regions (one with a two-class model of its own) and a label with a quote,
+    through Home Assistant's TOPIC_MATCHER, its sensor and binary_sensor DISCOVERY_SCHEMA (nothing dropped) and its
+    template engine on real state and status payloads."""
+    python = home_assistant_python()
+    labels = ["closed", 'op"en']
+    configs = home_assistant.configs("homeassistant", "site/edgesight", "dev.1", [
+        Entity("door", None, labels), Entity("yard", "gate", ["shut", "ajar"]),
+        Entity("yard", "bench", [str(i) for i in range(10)])], {"name": "door", "version": "2.0.0"})
+    states = [{"v": 1, "id": "0" * 8, "device": "dev.1", "camera": "door", "label": 'op"en', "score": 0.93,
+               "ts": "2026-12-04T10:00:00.000Z"},
+              {"v": 1, "id": "1" * 8, "device": "dev.1", "camera": "yard", "region": "gate", "label": "ajar",
+               "score": 0.5, "ts": "2026-12-04T10:00:01.000Z"}]
+    statuses = [{"state": s} for s in ("online", "offline", "stopped")]
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps({"prefix": "homeassistant", "configs": configs, "states": states,
+                                "statuses": statuses}))
+    proc = subprocess.run([python, os.path.join(os.path.dirname(support.__file__), "ha_check.py"), str(path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "error" not in got, got
+    assert set(got) == {t for t, _ in configs} and len(got) == 5  # two sensors and a binary_sensor each, one sensor
+    for topic, r in got.items():
+        assert r["dropped"] == [], (topic, r["dropped"])  # every key we send is one Home Assistant reads
+        assert r["attributes"] == [{"score": 0.93, "ts": "2026-12-04T10:00:00.000Z"},
+                                   {"score": 0.5, "ts": "2026-12-04T10:00:01.000Z"}]
+        assert r["available"] == ["online", "offline", "offline"]
+    base = "homeassistant/%s/edgesight_dev_1/%s/config"
+    assert got[base % ("sensor", "door")]["values"] == ['op"en', "ajar"]
+    assert got[base % ("binary_sensor", "door")]["values"] == ["ON", "OFF"]
+    assert got[base % ("binary_sensor", "yard__gate")]["values"] == ["OFF", "ON"]
+    assert got[base % ("sensor", "yard__bench")]["component"] == "sensor"
 
 
 def retained_configs(port, seconds=3.0):
