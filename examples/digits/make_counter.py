@@ -4,8 +4,9 @@
 
 Each frame is a 128x64 grey panel with two validation digits side by side, the tens wheel at [16, 8, 48, 48] and
 the ones wheel at [64, 8, 48, 48] (x, y, width, height): the boxes of the example config's ``counter`` camera
-(examples/agent.yaml), whose two regions are classified on their own. The counter ticks from 37 to 76, one step a
-frame, so the ones wheel changes every frame and the tens wheel every ten. Deterministic: the n-th frame takes the
+(examples/agent.yaml), whose two regions are classified on their own. The counter steps from 37 to 56, one step
+every three frames (the camera is faster than the counter: the state's hysteresis of 2 frames settles), so the ones
+wheel changes every third frame and the tens wheel twice. Deterministic: the n-th frame takes the
 n-th validation image of the tens digit's class and the (n+7)-th of the ones digit's (never the same picture twice
 in a frame). Needs Pillow only.
 """
@@ -20,7 +21,7 @@ VAL = os.path.join(HERE, "images", "val")
 OUT = os.path.join(HERE, "images", "counter")
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 BOXES = {"tens": (16, 8, 48, 48), "ones": (64, 8, 48, 48)}
-FIRST, FRAMES = 37, 40
+FIRST, FRAMES, STEP = 37, 60, 3  # reads 37 to 56, each for three frames
 
 
 def digit(value: int, n: int) -> Image.Image:
@@ -42,7 +43,7 @@ def main() -> int:
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
     for n in range(FRAMES):
-        frame(FIRST + n, n).save(os.path.join(OUT, "frame_%03d.png" % n), optimize=True)
+        frame(FIRST + n // STEP, n).save(os.path.join(OUT, "frame_%03d.png" % n), optimize=True)
     print("wrote %d frames to %s" % (FRAMES, OUT))
     return 0
 

@@ -16,7 +16,7 @@ from edgesight.runtimes import load_package
 
 from support import EXAMPLE, EXAMPLE_PACKAGE
 
-COUNTER = os.path.join(EXAMPLE, "images", "counter")  # 128x64 frames: tens wheel at x 16, ones at x 64 (48x48 each)
+COUNTER = os.path.join(EXAMPLE, "images", "counter")  # 128x64: tens wheel at x 16, ones at x 64 (48x48 each)
 REGIONS = [{"name": "tens", "box": [16, 8, 48, 48]}, {"name": "ones", "box": [64, 8, 48, 48]}]
 
 
@@ -33,7 +33,7 @@ def camera(name="counter", regions=REGIONS, **kw):
 
 
 def counter_frame(n):
-    """Frame n of the example counter, which reads 37 + n."""
+    """Frame n of the example counter, which reads 37 + n // 3."""
     return Frame(load_image(os.path.join(COUNTER, "frame_%03d.png" % n)), "rgb", 0.0, n)
 
 
@@ -52,7 +52,7 @@ def test_crops_are_taken_before_the_packages_resize_and_stacked_into_one_batch(m
     pkg, rt = model
     spec = pkg.preprocess_for(rt)
     prep = Preparer([camera(), camera("front", [])], {MAIN: spec})
-    frame = counter_frame(5)  # reads 42
+    frame = counter_frame(15)  # reads 42
     batches, views = prep("counter", frame)
     assert list(batches) == [MAIN] and batches[MAIN].shape == (2, 3, 32, 32)
     assert views == [View("tens", (16, 8, 48, 48), MAIN, 0), View("ones", (64, 8, 48, 48), MAIN, 1)]
