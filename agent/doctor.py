@@ -142,6 +142,62 @@ def check_cameras(paths: Optional[List[str]] = None) -> List[Check]:
     return out
 
 
+def _first_frame(source_cfg: Any, timeout: float) -> Any:
+    """A frame from the camera, or a string saying why there is none (in a thread: a camera may hang)."""
+    import threading
+
+    from .sources import make_source
+
+    got: List[Any] = ["no frame within %.0f s" % timeout]
+
+    def read() -> None:
+        src = make_source(source_cfg)
+        try:
+            src.open()
+            frame = src.read()
+            got[0] = frame if frame is not None else "the source ended before its first frame"
+        except Exception as exc:  # whatever the camera says is the finding
+            got[0] = "%s: %s" % (type(exc).__name__, exc)
+        finally:
+            try:
+                src.close()
+            except Exception:
+                pass
+
+    t = threading.Thread(target=read, name="doctor-camera", daemon=True)
+    t.start()
+    t.join(timeout)
+    return got[0]
+
+
+def check_regions(cameras: List[Any], timeout: float = 10.0) -> List[Check]:
+    """One frame from each camera with regions of interest: does every box fit it (the agent would skip one that
+    does not, and say so only once frames arrive)?"""
+    from .regions import box_pixels
+
+    out = []
+    for cam in cameras:
+        if not cam.regions:
+            continue
+        name = "regions %s" % cam.name
+        frame = _first_frame(cam.source, timeout)
+        if isinstance(frame, str):
+            out.append(Check(name, "warn", "no frame to check the boxes against (%s)" % frame,
+                             "check the camera's source; the boxes are checked when frames arrive"))
+            continue
+        h, w = frame.image.shape[:2]
+        bad = []
+        for r in cam.regions:
+            try:
+                box_pixels(r.box, cam.region_units, h, w)
+            except ValueError as exc:
+                bad.append("%s: %s" % (r.name, exc))
+        out.append(Check(name, "fail", "; ".join(bad), "fix the boxes in cameras[].regions "
+                                                        "(docs/agent-config.md#regions-of-interest)") if bad else
+                   Check(name, "ok", "%d region(s) inside the %dx%d frame" % (len(cam.regions), w, h)))
+    return out
+
+
 def check_broker(mqtt_cfg: Any, device_id: str = "doctor", timeout: float = 5.0) -> Check:
     """A real MQTT handshake with the agent's own client set-up (the same TLS settings and credentials)."""
     from ..contract.client import make_client
@@ -253,6 +309,7 @@ def run(config_path: Optional[str] = None, package: Optional[str] = None) -> Lis
     checks += check_platform()
     checks += check_cameras()
     if cfg is not None:
+        checks += check_regions(cfg.cameras)
         checks.append(check_broker(cfg.mqtt, cfg.device_id))
         checks.append(check_outbox(cfg.outbox.path))
         checks.append(check_package_fits(cfg.package, cfg.runtime))

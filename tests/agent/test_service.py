@@ -108,6 +108,23 @@ def test_doctor_with_a_reachable_broker(broker, tmp_path):
     assert code == report["failures"] == sum(c["status"] == "fail" for c in checks.values()) == 0
 
 
+def test_doctor_checks_region_boxes_against_a_frame_of_the_camera(tmp_path):
+    counter = os.path.join(ROOT, "examples", "digits", "images", "counter")  # 128x64 frames
+    cam = {"name": "counter", "source": {"type": "folder", "path": counter},
+           "regions": [{"name": "tens", "box": [16, 8, 48, 48]}, {"name": "far", "box": [150, 0, 40, 40]}]}
+    gone = {"name": "gone", "source": {"type": "folder", "path": str(tmp_path / "nowhere")},
+            "regions": [{"name": "a", "box": [0, 0, 0.5, 0.5]}], "region_units": "relative"}
+    code, checks, _ = doctor("--config", agent_config(tmp_path, 1, cameras=[cam, gone]))
+    c = checks["regions counter"]
+    assert c["status"] == "fail" and "far: box [150, 0, 40, 40] (pixels) reaches x=190" in c["detail"], c
+    assert "tens" not in c["detail"] and "regions-of-interest" in c["fix"] and code >= 1
+    assert checks["regions gone"]["status"] == "warn" and "does not exist" in checks["regions gone"]["detail"]
+    cam["regions"] = cam["regions"][:1]
+    _, checks, _ = doctor("--config", agent_config(tmp_path, 1, cameras=[cam]))
+    assert checks["regions counter"] == {"name": "regions counter", "status": "ok",
+                                         "detail": "1 region(s) inside the 128x64 frame", "fix": ""}
+
+
 def test_doctor_explains_a_tls_failure(tmp_path):
     require_or_skip(mosquitto_binary() is not None and shutil.which("openssl"), "mosquitto and openssl")
     from support.pki import openssl
