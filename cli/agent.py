@@ -47,8 +47,10 @@ def run_agent(args: argparse.Namespace) -> int:
     if args.check_config:
         package = "package %s" % cfg.package if os.path.isdir(cfg.package) else \
             "package %s not there yet: thresholds.per_class not checked against its labels" % cfg.package
-        out("%s: valid (device %s, %d camera(s), %s, broker %s:%d)"
-            % (args.config, cfg.device_id, len(cfg.cameras), package, cfg.mqtt.host, cfg.mqtt.port))
+        regions = sum(len(c.regions) for c in cfg.cameras)
+        out("%s: valid (device %s, %d camera(s)%s, %s, broker %s:%d)"
+            % (args.config, cfg.device_id, len(cfg.cameras), ", %d region(s) of interest" % regions if regions else "",
+               package, cfg.mqtt.host, cfg.mqtt.port))
         return 0
     if not args.verbose:
         logging.getLogger().setLevel(cfg.log_level.upper())

@@ -118,3 +118,4 @@ def test_the_example_config_checks_from_the_repository_and_from_elsewhere(tmp_pa
     for cwd in (ROOT, str(tmp_path)):
         r = run_cli("agent", "--config", example, "--check-config", cwd=cwd)
         assert r.returncode == 0 and os.path.join(ROOT, "examples", "digits", "package") in r.stdout, r.stderr
+        assert "2 camera(s), 2 region(s) of interest" in r.stdout  # the counter's two wheels
