@@ -85,6 +85,10 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
         prepared = _limit_opset(prepared, p.max_opset, work)
         steps["opset"] = "<= %d" % p.max_opset
 
+        # the activation ranges depend on the model and the images, not on which nodes stay in float: calibrated
+        # once, then every try of the sensitivity step only places Q/DQ (ONNX Runtime >= 1.32 takes a cache)
+        cache = {"calibration_cache_path": os.path.join(work, "calibration.json")} if _takes_cache(q) else {}
+
         def quantize(exclude: Sequence[str]) -> None:
             if hasattr(reader, "rewind"):
                 reader.rewind()
@@ -93,7 +97,7 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
                     q.quantize_static(prepared, dst, reader, quant_format=q.QuantFormat.QDQ,
                                       activation_type=qtype[p.activation], weight_type=qtype[p.weight],
                                       per_channel=p.per_channel, calibrate_method=calib, extra_options=extra,
-                                      nodes_to_exclude=list(exclude))
+                                      nodes_to_exclude=list(exclude), **cache)
             except Exception as exc:
                 raise ConversionError("onnxruntime quantize_static failed for the %s profile: %s: %s"
                                       % (profile, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
@@ -113,6 +117,13 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
         steps["quantize_static"] = "%s, %s calibration, %d node(s) kept in float" % (profile, method, len(kept))
     strip_unused_opsets(dst)
     return Quantized(dst, steps, kept, cosine)
+
+
+def _takes_cache(q) -> bool:
+    """Does this ONNX Runtime's quantize_static reuse activation ranges from a calibration cache file (1.32+)?"""
+    import inspect
+
+    return "calibration_cache_path" in inspect.signature(q.quantize_static).parameters
 
 
 def pre_process(src: str, dst: str) -> None:

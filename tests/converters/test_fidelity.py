@@ -171,6 +171,37 @@ def test_sensitivity_keeps_layers_in_float_until_the_cosine_target_is_met(tmp_pa
     assert "sensitivity" in tuned.steps and "->" in tuned.steps["sensitivity"]
 
 
+class CountingReader(OrtCalibrationReader):
+    """The calibration images, counting the batches handed out (a pass over them: len(tensors) / batch)."""
+
+    handed = 0
+
+    def get_next(self):
+        item = super().get_next()
+        self.handed += item is not None
+        return item
+
+
+def test_the_sensitivity_step_calibrates_once_and_writes_what_calibrating_every_try_writes(tmp_path, monkeypatch):
+    """Activation ranges do not depend on which nodes stay in float: the step calibrates once (ONNX Runtime's
+    calibration cache) and places Q/DQ for every try, and the model it writes is the one recalibrating would."""
+    import onnx
+
+    path, data = _transformer_block(tmp_path / "blk.onnx")
+    tuning = onnx_quant.Tuning("x", data, min_cosine=1.0)  # never met: every round runs
+    once = CountingReader("x", data)
+    cached = onnx_quant.quantize_onnx(path, str(tmp_path / "a.onnx"), once, "cpu", tuning=tuning)
+    assert onnx_quant._takes_cache(onnx_quant._import_quantization())  # the ONNX Runtime CI installs has it
+    monkeypatch.setattr(onnx_quant, "_takes_cache", lambda q: False)
+    each = CountingReader("x", data)
+    fresh = onnx_quant.quantize_onnx(path, str(tmp_path / "b.onnx"), each, "cpu", tuning=tuning)
+    assert once.handed == len(data)  # one pass over the 64 images (batch 1)
+    assert each.handed >= 2 * len(data), each.handed  # a pass for every try (here 2)
+    assert cached.float_nodes == fresh.float_nodes and cached.cosine == fresh.cosine
+    a, b = onnx.load(cached.path), onnx.load(fresh.path)
+    assert a.graph.SerializeToString() == b.graph.SerializeToString()
+
+
 def test_the_float16_profile_for_tensorrt_10_and_11(tmp_path):
     from edgesight.converters.qdq_verify import check_tensorrt_qdq
 
