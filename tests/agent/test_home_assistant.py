@@ -16,18 +16,13 @@ from edgesight.agent import home_assistant
 from edgesight.agent.home_assistant import Entity
 
 from support.mqtt import Collector, agent_config, folder_camera, start_agent
+from support.templates import render
 
 # as homeassistant/components/mqtt/discovery.py matches a topic once the discovery prefix is taken off
 TOPIC = re.compile(r"^(?P<component>\w+)/(?:(?P<node_id>[a-zA-Z0-9_-]+)/)?(?P<object_id>[a-zA-Z0-9_-]+)/config$")
 REQUIRED = {"sensor": {"state_topic", "unique_id", "device", "availability", "value_template"},
             "binary_sensor": {"state_topic", "unique_id", "device", "availability", "value_template", "payload_on",
                               "payload_off"}}
-
-
-def render(template, payload):
-    import jinja2.sandbox  # the test extra: a missing one fails here, it does not skip
-    value_json = json.loads(payload) if isinstance(payload, (str, bytes)) else payload
-    return jinja2.sandbox.ImmutableSandboxedEnvironment().from_string(template).render(value_json=value_json).strip()
 
 
 def check_schema(topic, cfg, discovery_prefix="homeassistant"):

@@ -173,7 +173,8 @@ def test_each_region_is_classified_published_and_sampled_on_its_own_from_one_bat
                             dedup={"enabled": False})
     cam = CameraConfig(name="counter", source={"type": "folder", "path": COUNTER}, region_sample_frame=64,
                        regions=[{"name": "tens", "box": [16, 8, 48, 48]}, {"name": "ones", "box": [64, 8, 48, 48]}],
-                       privacy_masks=[[[0, 0], [128, 0], [128, 4], [0, 4]]])  # a strip above both wheels
+                       privacy_masks=[[[0, 0], [128, 0], [128, 4], [0, 4]],  # a strip above both wheels
+                                      [[16, 8], [40, 8], [40, 56], [16, 56]]])  # the tens wheel's left half
     pipe, outbox, telemetry, spec = make(model, tmp_path, threshold=1.0, policy=policy, cameras=[cam])
     counted = Counted(pipe.main.rt)
     pipe.runners[MAIN] = pipe.main._replace(rt=counted)
@@ -202,8 +203,12 @@ def test_each_region_is_classified_published_and_sampled_on_its_own_from_one_bat
         assert (smp["image"]["width"], smp["image"]["height"]) == (w, h) == (48, 48)
         other = 64 if x == 16 else 16
         crop = decoded(smp["image"])
-        assert np.abs(crop - frame.image[y:y + h, x:x + w]).mean() < 4  # its own wheel (JPEG noise aside)
-        assert np.abs(crop - frame.image[y:y + h, other:other + w]).mean() > 20  # not the other one
+        masked = frame.image.astype(int)
+        masked[:4], masked[8:56, 16:40] = 0, 0  # what the masks leave of the frame
+        assert np.abs(crop - masked[y:y + h, x:x + w]).mean() < 4  # its own wheel, masked (JPEG noise aside)
+        assert np.abs(crop - masked[y:y + h, other:other + w]).mean() > 20  # not the other one
+        if smp["region"] == "tens":
+            assert crop[:, :22].max() <= 24 and frame.image[8:56, 16:38].max() > 200  # the mask reached the crop
         ctx = decoded(smp["context"])
         assert ctx.shape == (32, 64, 3) and ctx[:2].max() <= 8  # the whole frame, reduced, the mask applied
         assert smp["region"] == topic.split("/")[-2] and smp["result_id"] in {r["id"] for _, r in results}

@@ -4,6 +4,7 @@ samples); Home Assistant sees each region as an entity, removed when the region 
 the frame is reported in stats and /metrics while the rest runs on."""
 import base64
 import io
+import json
 import os
 import time
 import urllib.request
@@ -16,6 +17,7 @@ from edgesight.calibration.images import load_image
 
 from support import EXAMPLE
 from support.mqtt import Collector, agent_config, finish, free_port, start_agent
+from support.templates import render
 
 ROOT = os.path.dirname(os.path.dirname(EXAMPLE))
 COUNTER = os.path.join(EXAMPLE, "images", "counter")
@@ -33,13 +35,14 @@ def example_counter(**source):
 
 
 def retained(port, prefix, seconds=2.0):
+    """The retained messages under ``prefix``: {topic: payload}."""
     col = Collector(port, topic=prefix + "/#")
     time.sleep(seconds)
     col.close()
     last = {}
     for t, p, _ in col.messages:
         last[t] = p
-    return {t for t, p in last.items() if p}
+    return {t: json.loads(p) for t, p in last.items() if p}
 
 
 def test_a_camera_with_two_regions_publishes_each_region_with_its_own_crop(broker, tmp_path):
@@ -77,8 +80,11 @@ def test_a_camera_with_two_regions_publishes_each_region_with_its_own_crop(broke
     stats = sub.of("stats")[-1][1]
     assert stats["frames"] == 60 and stats["regions"] == {"counter/tens": None, "counter/ones": None}
     configs = retained(broker.port, "homeassistant")
-    assert configs == {"homeassistant/sensor/edgesight_dev1/counter__tens/config",
-                       "homeassistant/sensor/edgesight_dev1/counter__ones/config"}
+    assert set(configs) == {"homeassistant/sensor/edgesight_dev1/counter__tens/config",
+                            "homeassistant/sensor/edgesight_dev1/counter__ones/config"}
+    tens_state = sub.of("counter/tens/state")[-1][1]
+    assert render(configs["homeassistant/sensor/edgesight_dev1/counter__tens/config"]["value_template"],
+                  tens_state) == "five"  # what Home Assistant shows: the retained state of the region
     sub.close()
 
     # the ones region leaves the config and a region whose box lies outside the 128x64 frames comes in: the ones
@@ -100,12 +106,18 @@ def test_a_camera_with_two_regions_publishes_each_region_with_its_own_crop(broke
         assert 'edgesight_region_up{camera="counter",region="tens"} 1.0' in metrics
         assert {t.split("/")[-2] for t, _, _ in sub.of("result")} == {"tens"}
         assert agent.poll() is None
-        assert retained(broker.port, "homeassistant") == {
-            "homeassistant/sensor/edgesight_dev1/counter__tens/config",
-            "homeassistant/sensor/edgesight_dev1/counter__far/config"}
+        configs = retained(broker.port, "homeassistant")
+        assert set(configs) == {"homeassistant/sensor/edgesight_dev1/counter__tens/config",
+                                "homeassistant/sensor/edgesight_dev1/counter__far/config"}
+        # the region's entity is available while the agent is, by its Last Will
+        availability = configs["homeassistant/sensor/edgesight_dev1/counter__tens/config"]["availability"][0]
+        agent.kill()
+        _, _, err = finish(agent)
+        status = lambda: [p for t, p, _ in sub.of("status") if t == availability["topic"]]  # noqa: E731
+        assert sub.wait_for(lambda s: status() and status()[-1]["state"] == "offline", 30)
+        assert render(availability["value_template"], status()[-1]) == "offline"
     finally:
-        agent.terminate()
-        code, _, err = finish(agent)
+        if agent.poll() is None:
+            agent.kill()
         sub.close()
-    assert code == 0, err[-3000:]
     assert "region counter/far skipped: box [150, 0, 40, 40] (pixels) reaches x=190" in err
