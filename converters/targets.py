@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, NamedTuple
 from ..calibration.dataset import LoadedSet, OrtCalibrationReader
 from ..calibration.preprocess import PreprocessSpec
 from ..runtimes.manifest import TENSORRT_QDQ, TENSORRT_QDQ_FP16
-from . import onnx_quant, qdq_verify, tflite
+from . import onnx_quant, qdq_verify, sensitivity, tflite
 from .onnx_model import OnnxInterface
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class Job(NamedTuple):
     tflite_io: str
     step: Callable[[str], None]  # progress line
     notes: List[str]  # what the report should say about a target that was not built
-    min_cosine: float = 0.99  # INT8 ONNX: layers stay in float until the logits reach this on calibration images
+    min_cosine: float = 0.99  # INT8: layers stay in float (ONNX), or the TFLite goes dynamic-range, to reach this
 
 
 def _entry(target: str, runtime: str, layout: str, **extra: Any) -> Dict[str, Any]:
@@ -80,9 +80,11 @@ def onnx_int8_fp16(job: Job, target: str, built: List[Dict[str, Any]]) -> List[D
 
 def tflite_int8(job: Job, target: str) -> List[Dict[str, Any]]:
     job.step("%s: onnx2tf full-integer per-channel (%s I/O)" % (target, job.tflite_io))
+    tensors = job.calib.tensors[:TUNING_IMAGES]
+    fidelity = tflite.Fidelity(tensors, sensitivity.run(job.source, job.iface.input_name, tensors), job.min_cosine)
     done = tflite.convert_int8(job.source, job.calib.tensors, job.spec, os.path.join(job.out, FILES[target]),
-                               io=job.tflite_io)
-    return [_entry(target, "tflite", "nhwc", steps=done.steps)]
+                               io=job.tflite_io, fidelity=fidelity)
+    return [_entry(target, "tflite", "nhwc", steps=done.steps, profile=done.profile)]
 
 
 def tensorrt_engine(job: Job, target: str, built: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

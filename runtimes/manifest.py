@@ -22,6 +22,7 @@ MANIFEST = "edgesight.yaml"
 PRECISIONS = ("fp32", "fp16", "int8")
 TENSORRT_QDQ = "tensorrt-qdq"  # the profile of the INT8 ONNX a device builds its TensorRT engine from
 TENSORRT_QDQ_FP16 = "tensorrt-qdq-fp16"  # the same with float16 outside Q/DQ: for TensorRT 10/11 (strongly typed)
+DYNAMIC_RANGE = "dynamic-range"  # an INT8 TFLite with int8 weights and float activations (needs LiteRT)
 MAX_MANIFEST_BYTES = 4 << 20
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]

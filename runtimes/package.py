@@ -16,9 +16,9 @@ from ..calibration.preprocess import PreprocessSpec, chw
 from ..errors import MissingDependencyError, PackageError
 from ..files import cache_dir
 from .base import Runtime
-from .manifest import (MANIFEST, SCHEMA, TENSORRT_QDQ_FP16, Artifact, FileRef, Manifest, read_manifest,
-                       sha256_file)
-from .registry import create_runtime, installed_runtimes, is_installed, tensorrt_major
+from .manifest import (DYNAMIC_RANGE, MANIFEST, SCHEMA, TENSORRT_QDQ_FP16, Artifact, FileRef, Manifest,
+                       read_manifest, sha256_file)
+from .registry import create_runtime, installed_runtimes, is_installed, runs_dynamic_range_tflite, tensorrt_major
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +115,17 @@ class ModelPackage(object):
 
         ``auto`` tries TensorRT first (the Q/DQ ONNX, built into an engine on the device), then TFLite on ARM and
         ONNX Runtime elsewhere (the other after it). Within a runtime, INT8 before FP32, and for ONNX Runtime the
-        ``cpu`` profile before ``tensorrt-qdq`` (slow on CPUs). Artifacts that failed validation are never chosen.
+        ``cpu`` profile before ``tensorrt-qdq`` (slow on CPUs). Artifacts that failed validation are never chosen,
+        nor a dynamic-range TFLite where the interpreter cannot run it (tflite-runtime 2.14 on Python 3.8).
         """
         runtime = runtime or "auto"
         machine = (machine or platform.machine()).lower()
         arm = machine.startswith(("arm", "aarch64"))
         order = [runtime] if runtime != "auto" else (
             ["tensorrt"] + (["tflite", "onnxruntime"] if arm else ["onnxruntime", "tflite"]))
-        usable = [(i, a) for i, a in enumerate(self.manifest.artifacts) if a.passed_validation]
+        cannot = [a for a in self.manifest.artifacts if a.runtime == "tflite" and a.profile == DYNAMIC_RANGE and
+                  not runs_dynamic_range_tflite()]
+        usable = [(i, a) for i, a in enumerate(self.manifest.artifacts) if a.passed_validation and a not in cannot]
         for rt in order:
             if runtime == "auto" and not is_installed(rt):
                 continue
@@ -139,9 +142,10 @@ class ModelPackage(object):
                                          detail="artifacts: %s; no runtime is installed here" % ", ".join(
                                              a.runtime for a in self.manifest.artifacts))
         raise PackageError("has no usable artifact on this device (%s): no artifact for runtime %r that passed "
-                           "validation (it has: %s; the installed runtimes decide 'auto')" % (machine, runtime, ", ".join(
-                               sorted({a.runtime for a in self.manifest.artifacts}))), file=self.manifest_path,
-                           field="artifacts")
+                           "validation (it has: %s; the installed runtimes decide 'auto')%s" % (
+                               machine, runtime, ", ".join(sorted({a.runtime for a in self.manifest.artifacts})),
+                               "; its dynamic-range TFLite needs LiteRT (pip install ai-edge-litert): tflite-runtime "
+                               "2.14 cannot run it" if cannot else ""), file=self.manifest_path, field="artifacts")
 
     def _tensorrt_sources(self, usable: List[Tuple[int, Artifact]]) -> List[Tuple[int, Artifact]]:
         """The Q/DQ ONNX files TensorRT can build from, the one this TensorRT wants first: from TensorRT 10 on

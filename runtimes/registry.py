@@ -46,6 +46,13 @@ def _find(module: str) -> bool:
         return False
 
 
+def runs_dynamic_range_tflite() -> bool:
+    """Can this device's TFLite interpreter run a dynamic-range file (int8 weights, float activations: newer
+    FULLY_CONNECTED/CONV op versions)? LiteRT can; tflite-runtime 2.14, the last for Python 3.8, cannot ("Didn't
+    find op for builtin opcode 'FULLY_CONNECTED' version '12'") and is what the backend imports without LiteRT."""
+    return _find("ai_edge_litert") or not _find("tflite_runtime")
+
+
 def installed_runtimes() -> List[str]:
     return [n for n in RUNTIME_NAMES if is_installed(n)]
 

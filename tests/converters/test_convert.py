@@ -1,6 +1,7 @@
 """`edgesight convert` end to end with the real tools (onnxruntime quantization, onnx2tf, LiteRT)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import yaml
 from edgesight.calibration.dataset import ImageFolder
 from edgesight.converters import toolchain
 from edgesight.converters.qdq_verify import check_tensorrt_qdq
+from edgesight.errors import PackageError
 from edgesight.runtimes import load_package
 
 from support import EXAMPLE, chromium_binary, require_or_skip, run_cli
@@ -112,6 +114,34 @@ def test_tflite_int8_io_records_quant_params_and_agrees(tmp_path):
         a = next(iter(fp32.infer(val.tensors).values())).argmax(1)
         b = next(iter(int8.infer(val.tensors).values())).argmax(1)  # the backend quantizes in numpy
     assert (a == b).mean() >= 0.98
+
+
+def test_a_tflite_that_misses_the_fidelity_target_goes_dynamic_range_where_that_meets_it(tmp_path, monkeypatch):
+    """Full-integer INT8 reaches about 0.9999 on the example, dynamic-range about 1.0: a target between them ships
+    the dynamic-range file (int8 weights, float activations), and a device without LiteRT does not choose it."""
+    require_or_skip(toolchain.tool_path("tflite") is not None, "the tflite toolchain")
+    out = tmp_path / "dyn"
+    proc = convert(MODEL, "--calib", CALIB, "--val", VAL, "--out", out, "--targets", "tflite-int8", "--calib-count",
+                   "100", "--min-cosine", "0.99999", "--json", *COMMON)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pkg = load_package(str(out))
+    art = [x for x in pkg.manifest.artifacts if x.runtime == "tflite"][0]
+    assert art.profile == "dynamic-range" and art.precision == "int8" and art.passed_validation
+    rep = json.loads(proc.stdout)
+    steps = [a for a in rep["artifacts"] if a["target"] == "tflite-int8"][0]["steps"]
+    full, dyn = (float(x) for x in re.findall(r"(?:full-integer: logit cosine|dynamic-range:) ([0-9.]+)",
+                                                steps["fidelity"]))
+    assert full < 0.99999 <= dyn and steps["fidelity"].endswith("shipped") and "dynamic-range" in steps["onnx2tf"]
+    types = tflite_op_input_types(os.path.join(str(out), art.file))
+    assert "QUANTIZE" not in types and types["CONV_2D"] == {"float32"}  # float activations, int8 weights
+    with pkg.open_runtime("tflite") as rt:  # LiteRT runs it
+        assert pkg.artifact_for("tflite").artifact.file == art.file and rt.inputs[0].dtype == "float32"
+    from edgesight.runtimes import package as package_module
+
+    monkeypatch.setattr(package_module, "runs_dynamic_range_tflite", lambda: False)  # tflite-runtime 2.14 only
+    with pytest.raises(PackageError, match="dynamic-range TFLite needs LiteRT"):
+        pkg.artifact_for("tflite")
+    assert pkg.artifact_for("auto", machine="aarch64").runtime == "onnxruntime"  # the FP32 ONNX instead
 
 
 def test_report_json_content(converted):

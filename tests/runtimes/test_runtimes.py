@@ -12,7 +12,7 @@ from edgesight.runtimes import RUNTIME_NAMES, create_runtime, installed_runtimes
 from edgesight.runtimes.base import QuantParams, dequantize, quantize
 from edgesight.runtimes.postprocess import softmax, to_probabilities, top_k
 
-from support import EXAMPLE, EXAMPLE_PACKAGE
+from support import EXAMPLE, EXAMPLE_PACKAGE, SUPPORT
 
 BACKENDS = [n for n in RUNTIME_NAMES if n != "tensorrt"]  # tensorrt: its own issue, contract tests come with it
 
@@ -83,6 +83,24 @@ def test_a_fixed_batch_model_is_run_in_slices_of_its_batch(tmp_path):
         np.testing.assert_allclose(next(iter(rt.infer(images).values())), want, rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeStateError, match="fixed batch of 3; pass a multiple of 3 images, not 4"):
         rt.infer(images[:4])
+
+
+def test_the_dynamic_range_rule_says_what_this_tflite_interpreter_runs(pkg, batch):
+    """tests/support/digits_dynamic_range.tflite is the example converted with ``--min-cosine 0.99999`` (int8
+    weights, float activations). LiteRT runs it; tflite-runtime 2.14, the interpreter of Python 3.8, cannot. The
+    rule that keeps such a file from being chosen must say which, on every Python CI runs this on."""
+    from edgesight.runtimes.registry import runs_dynamic_range_tflite
+
+    rt = create_runtime("tflite", os.path.join(SUPPORT, "digits_dynamic_range.tflite"), layout="nhwc")
+    if runs_dynamic_range_tflite():
+        with rt:
+            got = next(iter(rt.infer(batch).values())).argmax(1)
+        with pkg.open_runtime("onnxruntime") as fp32:
+            want = next(iter(fp32.infer(batch).values())).argmax(1)
+        assert (got == want).all()
+    else:
+        with pytest.raises(ModelFileError, match="FULLY_CONNECTED"):
+            rt.load()
 
 
 def test_accuracy_on_validation_split(runtime, pkg, val):
