@@ -87,9 +87,9 @@ class Preparer(object):
         self.cameras = {c.name: c for c in cameras}
         self.specs = specs  # group -> the preprocessing of that group's model, in its runtime's layout
         self.problems = problems if problems is not None else RegionProblems()
-        self._boxes: Dict[Tuple[str, int, int], List[Tuple[str, Optional[Box], str]]] = {}
+        self._boxes: Dict[Tuple[str, int, int], List[Tuple[str, Box, str]]] = {}
 
-    def _plan(self, camera: str, height: int, width: int) -> List[Tuple[str, Optional[Box], str]]:
+    def _plan(self, camera: str, height: int, width: int) -> List[Tuple[str, Box, str]]:
         """(region, box, group) of every region that fits a frame of this size (computed once per size)."""
         key = (camera, height, width)
         plan = self._boxes.get(key)
@@ -113,7 +113,6 @@ class Preparer(object):
         rows: Dict[str, List[np.ndarray]] = {}
         views = []
         for region, box, group in self._plan(camera, image.shape[0], image.shape[1]):
-            assert box is not None
             group_rows = rows.setdefault(group, [])
             views.append(View(region, box, group, len(group_rows)))
             group_rows.append(preprocess(crop(image, box), self.specs[group], input_color=frame.color))

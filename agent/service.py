@@ -209,8 +209,8 @@ class Agent(object):
                         c.source.reconnect_max) for c in cfg.cameras]
         policy = PolicyManager(cfg.samples, cfg.device_id, cfg.mqtt.topic_prefix, outbox)
         telemetry = Telemetry(cfg.device_id, cfg.mqtt.topic_prefix, caps, outbox, publisher, link, policy,
-                              cur.model.calibrated, self.region_problems if self.region_models or any(
-                                  c.regions for c in cfg.cameras) else None)
+                              cur.model.calibrated,
+                              self.region_problems if any(c.regions for c in cfg.cameras) else None)
         telemetry.model = cur.model.info
         runners = {path: self.runner(m) for path, m in self.region_models.items()}
         runners[MAIN] = self.runner(cur)
