@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import support` from every test folder
 
+from edgesight.runtimes import load_package  # noqa: E402
 from support import EXAMPLE_PACKAGE, require_or_skip, tensorrt_importable  # noqa: E402
 
 BROKER_FIXTURES = {"broker", "pki"}
@@ -57,3 +58,13 @@ def broker(tmp_path):
     b = Broker(tmp_path / "broker").start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="module")
+def example_ort():
+    """The example package and its FP32 ONNX opened on ONNX Runtime in the model's own layout, as the agent opens it
+    (one per test module)."""
+    pkg = load_package(EXAMPLE_PACKAGE)
+    rt = pkg.open_runtime("onnxruntime", input_layout="native")
+    yield pkg, rt
+    rt.close()

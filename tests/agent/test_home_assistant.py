@@ -15,7 +15,7 @@ import support
 from edgesight.agent import home_assistant
 from edgesight.agent.home_assistant import Entity
 
-from support.mqtt import Collector, agent_config, folder_camera, start_agent
+from support.mqtt import Collector, agent_config, folder_camera, retained, start_agent
 from support.templates import render
 
 # as homeassistant/components/mqtt/discovery.py matches a topic once the discovery prefix is taken off
@@ -132,13 +132,7 @@ def test_configs_pass_home_assistants_own_discovery_schemas_and_template_engine(
 
 
 def retained_configs(port, seconds=3.0):
-    col = Collector(port, topic="homeassistant/#")
-    time.sleep(seconds)
-    col.close()
-    last = {}
-    for t, p, _ in col.messages:
-        last[t] = p
-    return {t: json.loads(p) for t, p in last.items() if p}
+    return retained(port, "homeassistant/#", seconds)
 
 
 def test_agent_announces_retained_configs_bound_to_its_will_and_removes_a_dropped_camera(broker, tmp_path):

@@ -23,24 +23,15 @@ from edgesight.calibration.images import list_images, load_image
 from edgesight.calibration.preprocess import preprocess
 from edgesight.contract import payloads
 from edgesight.contract.policy import SamplingPolicy
-from edgesight.runtimes import load_package
 
-from support import EXAMPLE, EXAMPLE_PACKAGE
+from support import EXAMPLE
 
 VAL = os.path.join(EXAMPLE, "images", "val")
 
 
-@pytest.fixture(scope="module")
-def model():
-    pkg = load_package(EXAMPLE_PACKAGE)
-    rt = pkg.open_runtime("onnxruntime", input_layout="native")
-    yield pkg, rt
-    rt.close()
-
-
-def make(model, tmp_path, threshold=0.8, per_class=None, hysteresis=1, policy=None, masks=None,
+def make(example_ort, tmp_path, threshold=0.8, per_class=None, hysteresis=1, policy=None, masks=None,
          publish_mode="every_frame", mask_units="pixels", temperature=1.0, calibrated=False, cameras=None):
-    pkg, rt = model
+    pkg, rt = example_ort
     outbox = Outbox(str(tmp_path / "outbox.db"))
     policy_mgr = PolicyManager(policy or SamplingPolicy(max_per_minute=None, min_gap=0, dedup={"enabled": False}),
                                "dev1", "edgesight", outbox)
@@ -68,8 +59,8 @@ def committed(outbox, kind):
     return [(r.topic, json.loads(r.payload)) for r in outbox.pending(10000) if r.kind == kind]
 
 
-def test_results_are_committed_with_the_documented_payload(model, tmp_path):
-    pipe, outbox, telemetry, spec = make(model, tmp_path)
+def test_results_are_committed_with_the_documented_payload(example_ort, tmp_path):
+    pipe, outbox, telemetry, spec = make(example_ort, tmp_path)
     for item in frames("seven", 5, spec):
         pipe.process(item)
     results = committed(outbox, "result")
@@ -82,8 +73,8 @@ def test_results_are_committed_with_the_documented_payload(model, tmp_path):
     assert telemetry.counts == {"seven": 5} and telemetry.classes["seven"]["count"] == 5
 
 
-def test_thresholds_per_class_decide_accepted_and_uncertain_frames_become_samples(model, tmp_path):
-    pipe, outbox, telemetry, spec = make(model, tmp_path, threshold=0.5, per_class={"three": 1.0})
+def test_thresholds_per_class_decide_accepted_and_uncertain_frames_become_samples(example_ort, tmp_path):
+    pipe, outbox, telemetry, spec = make(example_ort, tmp_path, threshold=0.5, per_class={"three": 1.0})
     for item in frames("three", 4, spec):
         pipe.process(item)
     for item in frames("one", 2, spec, seq0=10):
@@ -99,8 +90,8 @@ def test_thresholds_per_class_decide_accepted_and_uncertain_frames_become_sample
     assert telemetry.counts == {"_uncertain": 4, "one": 2}
 
 
-def test_state_changes_only_after_hysteresis_agreeing_frames(model, tmp_path):
-    pipe, outbox, _, spec = make(model, tmp_path, threshold=0.5, hysteresis=3)
+def test_state_changes_only_after_hysteresis_agreeing_frames(example_ort, tmp_path):
+    pipe, outbox, _, spec = make(example_ort, tmp_path, threshold=0.5, hysteresis=3)
     for item in list(frames("two", 2, spec)) + list(frames("five", 3, spec, seq0=10)):
         pipe.process(item)
     states = committed(outbox, "state")
@@ -109,18 +100,18 @@ def test_state_changes_only_after_hysteresis_agreeing_frames(model, tmp_path):
     assert all(r.retain for r in outbox.pending(100) if r.kind == "state")
 
 
-def test_on_change_publishes_only_when_the_label_changes(model, tmp_path):
-    pipe, outbox, telemetry, spec = make(model, tmp_path, threshold=0.5, publish_mode="on_change")
+def test_on_change_publishes_only_when_the_label_changes(example_ort, tmp_path):
+    pipe, outbox, telemetry, spec = make(example_ort, tmp_path, threshold=0.5, publish_mode="on_change")
     for item in list(frames("four", 3, spec)) + list(frames("nine", 2, spec, seq0=10)):
         pipe.process(item)
     assert [r["label"] for _, r in committed(outbox, "result")] == ["four", "nine"]
     assert telemetry.processed == 5
 
 
-def test_privacy_mask_blacks_out_the_sample_and_quota_limits_it(model, tmp_path):
+def test_privacy_mask_blacks_out_the_sample_and_quota_limits_it(example_ort, tmp_path):
     policy = SamplingPolicy(strategies=[{"type": "low_confidence", "per_minute": 2}], max_per_minute=None,
                             min_gap=0, dedup={"enabled": False})
-    pipe, outbox, _, spec = make(model, tmp_path, threshold=1.0, policy=policy,
+    pipe, outbox, _, spec = make(example_ort, tmp_path, threshold=1.0, policy=policy,
                                  masks=[[[0, 0], [1, 0], [1, 0.5], [0, 0.5]]], mask_units="relative")
     for item in frames("eight", 5, spec):
         pipe.process(item)
@@ -133,12 +124,12 @@ def test_privacy_mask_blacks_out_the_sample_and_quota_limits_it(model, tmp_path)
     assert img[h // 2 + 2:].max() > 100  # the digit below is still there
 
 
-def test_scores_are_softmax_of_the_logits_over_the_artifacts_temperature(model, tmp_path):
+def test_scores_are_softmax_of_the_logits_over_the_artifacts_temperature(example_ort, tmp_path):
     """A calibrated artifact: the pipeline's scores are softmax(logits / T), and results say calibrated."""
     from edgesight.runtimes.postprocess import to_probabilities
 
-    pkg, rt = model
-    pipe, outbox, _, spec = make(model, tmp_path, threshold=1.0, temperature=1.7, calibrated=True)
+    pkg, rt = example_ort
+    pipe, outbox, _, spec = make(example_ort, tmp_path, threshold=1.0, temperature=1.7, calibrated=True)
     item = next(frames("eight", 1, spec))
     logits = next(iter(rt.infer(item.batches[MAIN]).values()))
     pipe.process(item)
@@ -168,14 +159,14 @@ def decoded(image):
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(image["data"]))).convert("RGB")).astype(int)
 
 
-def test_each_region_is_classified_published_and_sampled_on_its_own_from_one_batch(model, tmp_path):
+def test_each_region_is_classified_published_and_sampled_on_its_own_from_one_batch(example_ort, tmp_path):
     policy = SamplingPolicy(strategies=[{"type": "low_confidence"}], max_per_minute=None, min_gap=0,
                             dedup={"enabled": False})
     cam = CameraConfig(name="counter", source={"type": "folder", "path": COUNTER}, region_sample_frame=64,
                        regions=[{"name": "tens", "box": [16, 8, 48, 48]}, {"name": "ones", "box": [64, 8, 48, 48]}],
                        privacy_masks=[[[0, 0], [128, 0], [128, 4], [0, 4]],  # a strip above both wheels
                                       [[16, 8], [40, 8], [40, 56], [16, 56]]])  # the tens wheel's left half
-    pipe, outbox, telemetry, spec = make(model, tmp_path, threshold=1.0, policy=policy, cameras=[cam])
+    pipe, outbox, telemetry, spec = make(example_ort, tmp_path, threshold=1.0, policy=policy, cameras=[cam])
     counted = Counted(pipe.main.rt)
     pipe.runners[MAIN] = pipe.main._replace(rt=counted)
     prep = Preparer([cam], {MAIN: spec})
@@ -214,11 +205,11 @@ def test_each_region_is_classified_published_and_sampled_on_its_own_from_one_bat
         assert smp["region"] == topic.split("/")[-2] and smp["result_id"] in {r["id"] for _, r in results}
 
 
-def test_each_region_has_its_own_state_and_a_camera_without_regions_is_as_before(model, tmp_path):
+def test_each_region_has_its_own_state_and_a_camera_without_regions_is_as_before(example_ort, tmp_path):
     cams = [CameraConfig(name="counter", source={"type": "folder", "path": COUNTER},
                          regions=[{"name": "tens", "box": [16, 8, 48, 48]}, {"name": "ones", "box": [64, 8, 48, 48]}]),
             CameraConfig(name="front", source={"type": "folder", "path": VAL})]
-    pipe, outbox, _, spec = make(model, tmp_path, threshold=0.5, cameras=cams)
+    pipe, outbox, _, spec = make(example_ort, tmp_path, threshold=0.5, cameras=cams)
     prep = Preparer(cams, {MAIN: spec})
     for n in (6, 9, 12):  # 39, 40, 41
         frame = Frame(load_image(os.path.join(COUNTER, "frame_%03d.png" % n)), "rgb", time.time(), n)

@@ -12,20 +12,11 @@ from edgesight.agent.sources import Frame
 from edgesight.calibration.images import load_image
 from edgesight.calibration.preprocess import preprocess
 from edgesight.errors import ConfigError
-from edgesight.runtimes import load_package
 
 from support import EXAMPLE, EXAMPLE_PACKAGE
 
 COUNTER = os.path.join(EXAMPLE, "images", "counter")  # 128x64: tens wheel at x 16, ones at x 64 (48x48 each)
 REGIONS = [{"name": "tens", "box": [16, 8, 48, 48]}, {"name": "ones", "box": [64, 8, 48, 48]}]
-
-
-@pytest.fixture(scope="module")
-def model():
-    pkg = load_package(EXAMPLE_PACKAGE)
-    rt = pkg.open_runtime("onnxruntime", input_layout="native")
-    yield pkg, rt
-    rt.close()
 
 
 def camera(name="counter", regions=REGIONS, **kw):
@@ -48,8 +39,8 @@ def test_boxes_in_pixels_and_in_fractions_of_the_frame():
         box_pixels([0, 0, 0.001, 0.5], "relative", 64, 128)
 
 
-def test_crops_are_taken_before_the_packages_resize_and_stacked_into_one_batch(model):
-    pkg, rt = model
+def test_crops_are_taken_before_the_packages_resize_and_stacked_into_one_batch(example_ort):
+    pkg, rt = example_ort
     spec = pkg.preprocess_for(rt)
     prep = Preparer([camera(), camera("front", [])], {MAIN: spec})
     frame = counter_frame(15)  # reads 42
@@ -67,8 +58,8 @@ def test_crops_are_taken_before_the_packages_resize_and_stacked_into_one_batch(m
     np.testing.assert_array_equal(whole[MAIN], preprocess(img, spec)[None])
 
 
-def test_regions_with_a_package_of_their_own_are_batched_apart(model):
-    pkg, rt = model
+def test_regions_with_a_package_of_their_own_are_batched_apart(example_ort):
+    pkg, rt = example_ort
     spec = pkg.preprocess_for(rt)
     other = spec.model_copy(update={"size": (16, 16)})
     cam = camera(regions=[dict(REGIONS[0], model="/pkgs/other"), REGIONS[1]])
@@ -77,8 +68,8 @@ def test_regions_with_a_package_of_their_own_are_batched_apart(model):
     assert [(v.region, v.group, v.row) for v in views] == [("tens", "/pkgs/other", 0), ("ones", MAIN, 0)]
 
 
-def test_a_box_outside_the_frame_is_reported_and_skipped_until_the_frame_fits(model):
-    pkg, rt = model
+def test_a_box_outside_the_frame_is_reported_and_skipped_until_the_frame_fits(example_ort):
+    pkg, rt = example_ort
     cam = camera(regions=REGIONS + [{"name": "far", "box": [150, 0, 40, 40]}])
     prep = Preparer([cam], {MAIN: pkg.preprocess_for(rt)})
     batches, views = prep("counter", counter_frame(0))

@@ -4,9 +4,7 @@ samples); Home Assistant sees each region as an entity, removed when the region 
 the frame is reported in stats and /metrics while the rest runs on."""
 import base64
 import io
-import json
 import os
-import time
 import urllib.request
 
 import numpy as np
@@ -16,7 +14,7 @@ from PIL import Image
 from edgesight.calibration.images import load_image
 
 from support import EXAMPLE
-from support.mqtt import Collector, agent_config, finish, free_port, start_agent
+from support.mqtt import Collector, agent_config, finish, free_port, retained, start_agent
 from support.templates import render
 
 ROOT = os.path.dirname(os.path.dirname(EXAMPLE))
@@ -32,17 +30,6 @@ def example_counter(**source):
     assert [r["name"] for r in cam["regions"]] == ["tens", "ones"], "the example shows one camera with two regions"
     cam["source"] = dict(cam["source"], path=COUNTER, **source)
     return cam
-
-
-def retained(port, prefix, seconds=2.0):
-    """The retained messages under ``prefix``: {topic: payload}."""
-    col = Collector(port, topic=prefix + "/#")
-    time.sleep(seconds)
-    col.close()
-    last = {}
-    for t, p, _ in col.messages:
-        last[t] = p
-    return {t: json.loads(p) for t, p in last.items() if p}
 
 
 def test_a_camera_with_two_regions_publishes_each_region_with_its_own_crop(broker, tmp_path):
@@ -79,7 +66,7 @@ def test_a_camera_with_two_regions_publishes_each_region_with_its_own_crop(broke
         assert (s["context"]["width"], s["context"]["height"]) == (64, 32)  # region_sample_frame: 64
     stats = sub.of("stats")[-1][1]
     assert stats["frames"] == 60 and stats["regions"] == {"counter/tens": None, "counter/ones": None}
-    configs = retained(broker.port, "homeassistant")
+    configs = retained(broker.port, "homeassistant/#")
     assert set(configs) == {"homeassistant/sensor/edgesight_dev1/counter__tens/config",
                             "homeassistant/sensor/edgesight_dev1/counter__ones/config"}
     tens_state = sub.of("counter/tens/state")[-1][1]
@@ -106,7 +93,7 @@ def test_a_camera_with_two_regions_publishes_each_region_with_its_own_crop(broke
         assert 'edgesight_region_up{camera="counter",region="tens"} 1.0' in metrics
         assert {t.split("/")[-2] for t, _, _ in sub.of("result")} == {"tens"}
         assert agent.poll() is None
-        configs = retained(broker.port, "homeassistant")
+        configs = retained(broker.port, "homeassistant/#")
         assert set(configs) == {"homeassistant/sensor/edgesight_dev1/counter__tens/config",
                                 "homeassistant/sensor/edgesight_dev1/counter__far/config"}
         # the region's entity is available while the agent is, by its Last Will

@@ -97,14 +97,19 @@ def tflite_op_input_types(path):
     return types
 
 
-def test_tflite_int8_io_records_quant_params_and_agrees(tmp_path):
+def tflite_only(out, *options):
+    """The example converted to the tflite-int8 target alone: (the package, its TFLite artifact, the report)."""
     require_or_skip(toolchain.tool_path("tflite") is not None, "the tflite toolchain")
-    out = tmp_path / "int8io"
-    proc = convert(MODEL, "--calib", CALIB, "--val", VAL, "--out", out, "--targets", "tflite-int8", "--tflite-io",
-                   "int8", "--calib-count", "100", "--json", *COMMON)
+    proc = convert(MODEL, "--calib", CALIB, "--val", VAL, "--out", out, "--targets", "tflite-int8", "--calib-count",
+                   "100", "--json", *(list(options) + COMMON))
     assert proc.returncode == 0, proc.stderr[-3000:]
     pkg = load_package(str(out))
-    art = [x for x in pkg.manifest.artifacts if x.runtime == "tflite"][0]
+    return pkg, [x for x in pkg.manifest.artifacts if x.runtime == "tflite"][0], json.loads(proc.stdout)
+
+
+def test_tflite_int8_io_records_quant_params_and_agrees(tmp_path):
+    out = tmp_path / "int8io"
+    pkg, art, _ = tflite_only(out, "--tflite-io", "int8")
     assert art.io["input"]["dtype"] == "int8" and art.io["input"]["scale"] > 0  # quant params recorded
     assert art.io["output"]["dtype"] == "int8" and "zero_point" in art.io["output"]
     assert "QUANTIZE" not in tflite_op_input_types(os.path.join(str(out), art.file))
@@ -119,15 +124,9 @@ def test_tflite_int8_io_records_quant_params_and_agrees(tmp_path):
 def test_a_tflite_that_misses_the_fidelity_target_goes_dynamic_range_where_that_meets_it(tmp_path, monkeypatch):
     """Full-integer INT8 reaches about 0.9999 on the example, dynamic-range about 1.0: a target between them ships
     the dynamic-range file (int8 weights, float activations), and a device without LiteRT does not choose it."""
-    require_or_skip(toolchain.tool_path("tflite") is not None, "the tflite toolchain")
     out = tmp_path / "dyn"
-    proc = convert(MODEL, "--calib", CALIB, "--val", VAL, "--out", out, "--targets", "tflite-int8", "--calib-count",
-                   "100", "--min-cosine", "0.99999", "--json", *COMMON)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    pkg = load_package(str(out))
-    art = [x for x in pkg.manifest.artifacts if x.runtime == "tflite"][0]
+    pkg, art, rep = tflite_only(out, "--min-cosine", "0.99999")
     assert art.profile == "dynamic-range" and art.precision == "int8" and art.passed_validation
-    rep = json.loads(proc.stdout)
     steps = [a for a in rep["artifacts"] if a["target"] == "tflite-int8"][0]["steps"]
     full, dyn = (float(x) for x in re.findall(r"(?:full-integer: logit cosine|dynamic-range:) ([0-9.]+)",
                                                 steps["fidelity"]))

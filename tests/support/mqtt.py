@@ -141,6 +141,18 @@ class Collector(object):
         self.client.disconnect()
 
 
+def retained(port: int, topic_filter: str, seconds: float = 2.0) -> dict:
+    """The retained messages matching ``topic_filter`` as a new subscriber gets them: {topic: decoded payload}
+    (a topic whose last message is empty has none: it was removed)."""
+    col = Collector(port, topic=topic_filter)
+    time.sleep(seconds)
+    col.close()
+    last = {}
+    for t, p, _ in col.messages:
+        last[t] = p
+    return {t: json.loads(p) for t, p in last.items() if p}
+
+
 def folder_camera(path: str = os.path.join(EXAMPLE, "images", "val"), fps: float = 100, loop: bool = True,
                   name: str = "front") -> list:
     """The ``cameras`` section for one camera replaying an image folder (the example's validation split)."""
