@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Literal
 
+from ..contract import topics
 from ..contract.policy import repeated
 
 LEVEL = r"^[A-Za-z0-9_-]{1,32}$"  # a camera or region name: one MQTT topic level and a safe file-name part
@@ -137,5 +138,5 @@ class CameraConfig(_Strict):
 
 def target_key(camera: str, region: Optional[str]) -> str:
     """``camera`` or ``camera/region``: the relative topic of one classified target, and its key in stats."""
-    return camera if region is None else "%s/%s" % (camera, region)
+    return "/".join(topics.target(camera, region))
 
