@@ -35,6 +35,20 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cos
 
 
+BOUND_Z = 2.0  # ~97.5% one-sided, for the normal approximation of a mean
+
+
+def lower_bound(values: np.ndarray, z: float = BOUND_Z) -> float:
+    """A lower confidence bound of the mean of ``values``: mean - z * standard error. What the converter's fidelity
+    steps compare with ``--min-cosine`` on their few tuning images, so that a target met on those by luck is not
+    taken as met (MobileNetV3: 0.9943 on 32 images, 0.9898 on the 100 of the validation set). For a model that
+    quantizes well the cosines barely vary and the bound is the mean."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(v) < 2:
+        return float(v.mean()) if len(v) else float("nan")
+    return float(v.mean() - z * v.std(ddof=1) / np.sqrt(len(v)))
+
+
 def histogram(values: np.ndarray, bins: int = 10) -> List[int]:
     """Counts of values in [0, 1] split into ``bins`` equal bins (1.0 falls in the last)."""
     counts, _ = np.histogram(np.clip(values, 0.0, 1.0), bins=bins, range=(0.0, 1.0))

@@ -15,7 +15,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 
 from ..errors import ConversionError, MissingDependencyError, require_module
-from . import sensitivity
+from . import onnx_rewrite, sensitivity
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
         prepared = os.path.join(work, "prepared.onnx")
         pre_process(src, prepared)
         steps["pre_process"] = "ran (symbolic shape inference, ONNX shape inference, basic optimizations)"
+        pooled = _rewrite(prepared)
+        if pooled:
+            steps["rewrite"] = "%d spatial ReduceMean -> GlobalAveragePool (quantized kernel)" % pooled
         prepared = _limit_opset(prepared, p.max_opset, work)
         steps["opset"] = "<= %d" % p.max_opset
 
@@ -111,12 +114,24 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
         else:
             tuned = sensitivity.tune(prepared, dst, quantize, tuning.input_name, tuning.tensors, tuning.min_cosine)
             kept, cosine = tuned.excluded, tuned.cosine
-            steps["sensitivity"] = "%d round(s), logit cosine %s on %d images (target %.3f)" % (
-                tuned.rounds, " -> ".join("%.4f" % c for c in tuned.history), len(tuning.tensors), tuning.min_cosine)
+            steps["sensitivity"] = "%d round(s), logit cosine %s on %d images, lower bound %.4f (target %.3f)" % (
+                tuned.rounds, " -> ".join("%.4f" % c for c in tuned.history), len(tuning.tensors), tuned.bound,
+                tuning.min_cosine)
         logs.raise_if_degraded(src, profile)
         steps["quantize_static"] = "%s, %s calibration, %d node(s) kept in float" % (profile, method, len(kept))
     strip_unused_opsets(dst)
     return Quantized(dst, steps, kept, cosine)
+
+
+def _rewrite(path: str) -> int:
+    """The exact rewrites of :mod:`converters.onnx_rewrite` on the prepared model, in place; how many nodes."""
+    import onnx
+
+    model = onnx.load(path)
+    done = onnx_rewrite.mean_as_global_pool(model)
+    if done:
+        onnx.save(model, path)
+    return done
 
 
 def _takes_cache(q) -> bool:

@@ -126,31 +126,35 @@ def convert_int8(onnx_path: str, calib: np.ndarray, spec: PreprocessSpec, dst: s
 def _fidelity(full: str, dynamic: str, fidelity: Fidelity, spec: PreprocessSpec,
               onnx_path: str) -> Tuple[str, Optional[str], str]:
     """(the file to ship, its profile, what was measured): the full-integer file unless it misses the target and
-    the dynamic-range one meets it."""
-    cos = logit_cosine(full, fidelity, spec)
-    said = "full-integer: logit cosine %.6f on %d images (target %g)" % (cos, len(fidelity.tensors),
-                                                                        fidelity.min_cosine)
-    if cos >= fidelity.min_cosine or not os.path.isfile(dynamic):
+    the dynamic-range one meets it. Met means the lower confidence bound of the mean cosine on the tuning images
+    (:func:`metrics.lower_bound`), not only the mean."""
+    from .metrics import lower_bound
+
+    rows = logit_cosines(full, fidelity, spec)
+    said = "full-integer: logit cosine %.6f, lower bound %.6f on %d images (target %g)" % (
+        rows.mean(), lower_bound(rows), len(rows), fidelity.min_cosine)
+    if lower_bound(rows) >= fidelity.min_cosine or not os.path.isfile(dynamic):
         return full, None, said
     check_no_flex(dynamic, onnx_path)
-    dyn = logit_cosine(dynamic, fidelity, spec)
-    said += "; dynamic-range: %.6f" % dyn
-    if dyn >= fidelity.min_cosine:
-        log.info("full-integer INT8 TFLite reaches cosine %.4f < %.3f; shipping the dynamic-range file (%.4f)",
-                 cos, fidelity.min_cosine, dyn)
+    dyn = logit_cosines(dynamic, fidelity, spec)
+    said += "; dynamic-range: %.6f, lower bound %.6f" % (dyn.mean(), lower_bound(dyn))
+    if lower_bound(dyn) >= fidelity.min_cosine:
+        log.info("full-integer INT8 TFLite reaches cosine %.4f (bound %.4f) < %.3f; shipping the dynamic-range file "
+                 "(%.4f)", rows.mean(), lower_bound(rows), fidelity.min_cosine, dyn.mean())
         return dynamic, DYNAMIC_RANGE, said + ", shipped"
     return full, None, said
 
 
-def logit_cosine(path: str, fidelity: Fidelity, spec: PreprocessSpec) -> float:
-    """Mean logit cosine of the TFLite at ``path`` against the FP32 reference, run by this machine's LiteRT."""
+def logit_cosines(path: str, fidelity: Fidelity, spec: PreprocessSpec) -> np.ndarray:
+    """Per image, the logit cosine of the TFLite at ``path`` against the FP32 reference, run by this machine's
+    LiteRT."""
     from ..runtimes.registry import create_runtime
     from .metrics import cosine_rows
 
     with create_runtime("tflite", path, input_layout=spec.layout, layout="nhwc") as rt:
         out = np.concatenate([next(iter(rt.infer(fidelity.tensors[i:i + 8]).values()))
                               for i in range(0, len(fidelity.tensors), 8)])
-    return float(cosine_rows(out, fidelity.reference).mean())
+    return cosine_rows(out, fidelity.reference)
 
 
 def custom_ops(path: str) -> List[str]:

@@ -34,3 +34,13 @@ def test_compare_and_gate():
     assert metrics.gate(m, ref, max_accuracy_drop=30.0, min_agreement=0.5)["passed"]
     unlabelled = metrics.compare(probs, probs, ["a", "b"], None, ref_outputs=probs_ref)
     assert "top1" not in unlabelled and metrics.gate(unlabelled, {}, 0.0, 0.7)["passed"]
+
+
+def test_the_lower_bound_of_a_mean_cosine():
+    steady = np.full(64, 0.995)
+    assert metrics.lower_bound(steady) == pytest.approx(0.995)  # a model that quantizes well: the mean
+    spread = np.array([0.999, 0.98] * 16)  # mean 0.9895
+    b32 = metrics.lower_bound(spread)
+    assert b32 < spread.mean() - 0.003
+    assert metrics.lower_bound(np.tile(spread, 4)) > b32  # more images, a tighter bound
+    assert metrics.lower_bound(np.array([0.97])) == pytest.approx(0.97)

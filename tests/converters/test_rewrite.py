@@ -1,0 +1,93 @@
+"""The exact rewrites before quantization: a squeeze-excitation's spatial ReduceMean becomes GlobalAveragePool, which
+ONNX Runtime quantizes (QLinearGlobalAveragePool) where a ReduceMean runs in float between DequantizeLinear and
+QuantizeLinear. Nothing else changes and the float outputs stay the same."""
+import collections
+
+import numpy as np
+import pytest
+
+from edgesight.calibration.dataset import OrtCalibrationReader
+from edgesight.converters import onnx_quant, onnx_rewrite
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+def _se_block(path, opset=17, axes=(2, 3), keepdims=1):
+    """conv -> ReduceMean(axes) -> conv -> HardSigmoid -> x * gate -> global pool -> fc: MobileNetV3's SE shape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = lambda *s: numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32))  # noqa: E731
+    inits = [w(8, 3, 3, 3), w(8, 8, 1, 1), w(8, 10)]
+    inits[0].name, inits[1].name, inits[2].name = "w0", "w1", "fc"
+    mean_in = ["x1"]
+    attrs = {"keepdims": keepdims}
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.array(axes, dtype=np.int64), "axes"))
+        mean_in.append("axes")
+    else:
+        attrs["axes"] = list(axes)
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["x1"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceMean", mean_in, ["m"], name="se_pool", **attrs),
+             helper.make_node("Conv", ["m", "w1"], ["g"], name="se_conv"),
+             helper.make_node("HardSigmoid", ["g"], ["gate"], name="se_gate", alpha=1 / 6.0),
+             helper.make_node("Mul", ["x1", "gate"], ["y"], name="se_mul"),
+             helper.make_node("GlobalAveragePool", ["y"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"], name="head")]
+    graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _run(path_or_model, x):
+    blob = path_or_model if isinstance(path_or_model, str) else path_or_model.SerializeToString()
+    sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def _inferred(path):
+    return onnx.shape_inference.infer_shapes(onnx.load(path))
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_a_spatial_mean_becomes_a_global_pool_with_the_same_outputs(tmp_path, opset):
+    path = _se_block(tmp_path / "se.onnx", opset=opset)
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    model = _inferred(path)
+    assert onnx_rewrite.mean_as_global_pool(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 2
+    assert "axes" not in {i.name for i in model.graph.initializer}  # opset 18's axes input went with it
+    onnx.checker.check_model(model)
+    np.testing.assert_allclose(_run(model, x), _run(path, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("axes,keepdims", [((1,), 1), ((2, 3), 0), ((1, 2, 3), 1), ((-2, -1), 1)])
+def test_other_means_are_left_alone(tmp_path, axes, keepdims):
+    model = _inferred(_se_block(tmp_path / "m.onnx", axes=axes, keepdims=keepdims))
+    expected = 1 if sorted(a % 4 for a in axes) == [2, 3] and keepdims else 0
+    assert onnx_rewrite.mean_as_global_pool(model) == expected
+
+
+def test_a_mean_of_unknown_rank_is_left_alone(tmp_path):
+    model = onnx.load(_se_block(tmp_path / "m.onnx"))  # no shape inference: the rank of x1 is unknown
+    assert onnx_rewrite.mean_as_global_pool(model) == 0
+
+
+def test_the_cpu_profile_pools_in_int8(tmp_path):
+    """What ONNX Runtime runs: without the rewrite the pool stays a float ReduceMean between DQ and Q."""
+    path = _se_block(tmp_path / "se.onnx")
+    calib = np.random.default_rng(2).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    q = onnx_quant.quantize_onnx(path, str(tmp_path / "q.onnx"), OrtCalibrationReader("x", calib), "cpu")
+    assert q.steps["rewrite"].startswith("1 spatial ReduceMean")
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(q.path, sess_options=opts, providers=["CPUExecutionProvider"])
+    ran = collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    assert ran["QLinearGlobalAveragePool"] == 2 and ran["ReduceMean"] == 0, ran
