@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import Deque, Dict, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from ..contract import payloads, topics
 from ..contract.client import make_client, paho
@@ -25,13 +25,14 @@ class MqttLink(object):
         self.cfg = cfg
         self.device_id = device_id
         self.connected = threading.Event()
-        self.acks: "queue.Queue[Tuple[int, int, str]]" = queue.Queue()
+        self.acks: "queue.Queue[Tuple[int, int, str, float]]" = queue.Queue()  # mid, failed, reason, when
         self.generation = 0  # bumped on every (re)connect: in-flight bookkeeping starts over
         self.connects = 0
         self.last_error: Optional[str] = None
         self.kick = threading.Event()  # set on every ack: wakes the publisher
         self.subscriptions: Dict[str, int] = {}  # topic -> QoS, (re)subscribed on every connect
         self.messages: "queue.Queue[Tuple[str, bytes]]" = queue.Queue(maxsize=64)  # read by the main loop
+        self.on_message: Optional[Callable[[], None]] = None  # called after a message was queued (wakes that loop)
         self._stopping = False
         self._mqtt = paho("The agent's MQTT link", "agent")
         self.client = make_client(cfg.settings(device_id, password))  # TLS, credentials, backoff: as doctor tests
@@ -69,7 +70,7 @@ class MqttLink(object):
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         failed = bool(getattr(reason_code, "is_failure", False))
-        self.acks.put((mid, 1 if failed else 0, str(reason_code) if failed else ""))
+        self.acks.put((mid, 1 if failed else 0, str(reason_code) if failed else "", time.time()))
         self.kick.set()
 
     def _on_message(self, client, userdata, message) -> None:
@@ -77,6 +78,8 @@ class MqttLink(object):
             self.messages.put_nowait((message.topic, bytes(message.payload)))
         except queue.Full:
             log.warning("dropped a message on %s: the agent has %d unread", message.topic, self.messages.qsize())
+        if self.on_message is not None:
+            self.on_message()
 
     # -- control ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,8 +118,14 @@ class MqttLink(object):
         self.client.loop_stop()
 
 
+IDLE_POLL = 1.0  # s between looks when nothing wakes the publisher (resends, refused rows): new rows and acks wake it
+ACK_BATCH = 32  # acknowledged rows are deleted together once this many wait,
+ACK_DELAY = 0.1  # or once the oldest has waited this long (s); a delete lost to a crash only means a resend
+
+
 class Publisher(object):
-    """Moves committed rows from the outbox to the broker; deletes them on PUBACK; dead-letters refused ones."""
+    """Moves committed rows from the outbox to the broker; deletes them on PUBACK (in groups); dead-letters refused
+    ones."""
 
     def __init__(self, link: MqttLink, outbox: Outbox, inflight: int = 20, resend_after: float = 30.0) -> None:
         self.link, self.outbox = link, outbox
@@ -129,6 +138,8 @@ class Publisher(object):
         self.commit_to_publish_ms: Deque[float] = deque(maxlen=2000)  # durable commit -> handed to the connection
         self.published = 0
         self.failed: Optional[BaseException] = None  # an unexpected error ended the thread: the agent must exit
+        self._acked: List[Tuple[int, Optional[float], str, float]] = []  # row id, captured, kind, acked at
+        self._acked_since = 0.0  # monotonic time of the oldest in ``_acked``
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
 
@@ -151,15 +162,24 @@ class Publisher(object):
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                self.link.kick.wait(0.05)
+                self.link.kick.wait(self._wait())
                 self.link.kick.clear()
                 self.step()
+            self._collect_acks()
+            self._flush_acks(force=True)  # acknowledged rows left behind would be sent again at the next start
         except Exception as exc:  # e.g. the outbox's disk failed: fail loudly, the main loop stops the agent
             log.exception("MQTT publisher failed")
             self.failed = exc
 
+    def _wait(self) -> float:
+        """Until the next look without a wake: acknowledged rows waiting to be deleted, else the idle poll."""
+        if self._acked:
+            return max(0.0, min(IDLE_POLL, self._acked_since + ACK_DELAY - time.monotonic()))
+        return IDLE_POLL
+
     def step(self) -> None:
-        self._drain_acks()
+        self._collect_acks()
+        self._flush_acks()
         if not self.link.connected.is_set():
             return
         if self._generation != self.link.generation:  # new connection: whatever was in flight is sent again
@@ -172,7 +192,7 @@ class Publisher(object):
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
             return
-        busy = {row_id for row_id, _, _, _ in self._inflight.values()}
+        busy = {row_id for row_id, _, _, _ in self._inflight.values()} | {a[0] for a in self._acked}
         for row in self.outbox.pending(room, exclude=busy):
             try:
                 mid = self.link.publish(row.topic, row.payload, row.qos, row.retain)
@@ -189,26 +209,32 @@ class Publisher(object):
                 if row.created is not None:
                     self.commit_to_publish_ms.append(1000.0 * (now - row.created))
 
-    def _drain_acks(self) -> None:
-        """Every queued ack: refusals one by one, successes deleted in one transaction."""
-        acked = []  # (row id, captured, kind)
+    def _collect_acks(self) -> None:
+        """Every queued ack: a refusal is recorded at once, a success waits to be deleted with others."""
         while True:
             try:
-                mid, failed, reason = self.link.acks.get_nowait()
+                mid, failed, reason, at = self.link.acks.get_nowait()
             except queue.Empty:
-                break
+                return
             entry = self._inflight.pop(mid, None)
             if entry is None:
                 continue
             row_id, _, captured, kind = entry
             if failed:
                 self.outbox.refused(row_id, reason)
-            else:
-                acked.append((row_id, captured, kind))
-        if not acked:
+                continue
+            if not self._acked:
+                self._acked_since = time.monotonic()
+            self._acked.append((row_id, captured, kind, at))
+
+    def _flush_acks(self, force: bool = False) -> None:
+        """Delete the acknowledged rows in one transaction once ``ACK_BATCH`` wait or the oldest has waited
+        ``ACK_DELAY``: one delete per message cost the agent more CPU than the rest of publishing it."""
+        if not self._acked or not (force or len(self._acked) >= ACK_BATCH
+                                   or time.monotonic() - self._acked_since >= ACK_DELAY):
             return
+        acked, self._acked = self._acked, []
         deleted = set(self.outbox.ack_many([a[0] for a in acked]))
-        now = time.time()
-        for row_id, captured, kind in acked:
+        for row_id, captured, kind, at in acked:
             if row_id in deleted and captured is not None and kind == "result":
-                self.capture_to_ack_ms.append(1000.0 * (now - captured))
+                self.capture_to_ack_ms.append(1000.0 * (at - captured))

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Dict, Iterator, List, NamedTuple, Optional
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
 
 from ..errors import ConfigError
 
@@ -111,6 +111,7 @@ class Outbox(object):
         self._db.execute("PRAGMA wal_autocheckpoint=%d" % max(1, self.wal_slack // self.page))
         self.dead_limit = max(self.max_bytes // 16, 2 * DEAD_PAYLOAD)
         self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
+        self.on_put: Optional[Callable[[], None]] = None  # called after each committed row (wakes the publisher)
 
     # -- writing ---------------------------------------------------------------------------------------------
     def put(self, kind: str, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
@@ -134,6 +135,8 @@ class Outbox(object):
             log.warning("outbox full (%d bytes of messages): dropped a new %s", self._bytes, kind)
         else:
             self._bytes += size
+            if self.on_put is not None:
+                self.on_put()
         return row_id
 
     @contextlib.contextmanager

@@ -6,6 +6,7 @@ as the cameras allow; frames the cameras replaced in the meantime are dropped an
 stage, a frame costs the main loop its inference and commit only: preprocessing overlaps the previous inference.
 """
 import logging
+import threading
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -16,6 +17,7 @@ from .slot import SlotWorker
 from .sources import Capture, Frame
 
 log = logging.getLogger(__name__)
+IDLE_POLL = 0.5  # s: a safety net only; the captures' listener and take() wake this thread
 
 
 class Prepared(NamedTuple):
@@ -39,6 +41,13 @@ class Prefetch(SlotWorker):
         self._prepare = (0, prepare)  # (generation, function): replaced as one at a model swap
         self.handed = 0  # prepared frames taken by the main loop
         self._next = 0  # round robin over cameras
+        self._arrived = threading.Event()  # a camera put a frame or ended: set by the captures' listener
+        for cap in captures:
+            cap.listener = self._arrived.set
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._arrived.set()
+        super().stop(timeout)
 
     def set_prepare(self, prepare: Prepare, generation: int) -> None:
         """Prepare frames for another model from now on; a frame prepared before carries the old generation."""
@@ -70,24 +79,26 @@ class Prefetch(SlotWorker):
                 self._cond.notify_all()
 
     def _loop(self) -> None:
-        wait = 0.05 if len(self.captures) == 1 else 0.01
         while not self._stop.is_set():
             with self._cond:
                 while self._slot is not None and not self._stop.is_set():
-                    self._cond.wait(0.1)
+                    self._cond.wait(IDLE_POLL)  # take() wakes it
             if self._stop.is_set():
                 break
-            item = self._prepare_next(wait)
-            if item is not None:
-                with self._cond:
-                    self._slot = item
-                    self._cond.notify_all()
+            self._arrived.clear()  # before looking: a frame put after the look sets it again
+            item = self._prepare_next()
+            if item is None:
+                self._arrived.wait(IDLE_POLL)
+                continue
+            with self._cond:
+                self._slot = item
+                self._cond.notify_all()
 
-    def _prepare_next(self, wait: float) -> Optional[Prepared]:
+    def _prepare_next(self) -> Optional[Prepared]:
         n = len(self.captures)
         for i in range(n):
             cap = self.captures[(self._next + i) % n]
-            frame = cap.take(timeout=wait)
+            frame = cap.take(timeout=0.0)
             if frame is None:
                 continue
             self._next = (self._next + i + 1) % n

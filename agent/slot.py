@@ -2,10 +2,12 @@
 
 Shared by the capture threads (latest frame) and the preprocessing stage (next prepared frame). A subclass runs its
 loop in ``_run``, fills ``_slot`` under ``_cond`` (replacing or waiting, as it needs) and sets ``failed`` when an
-unexpected error ends the thread: ``take`` then returns at once and the agent's main loop stops the agent.
+unexpected error ends the thread: ``take`` then returns at once and the agent's main loop stops the agent. A
+``listener`` is told of every item put and of the thread's end, so a consumer of several workers sleeps until one
+has something instead of polling them.
 """
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 
 class SlotWorker(object):
@@ -15,6 +17,11 @@ class SlotWorker(object):
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+        self.listener: Optional[Callable[[], None]] = None  # told when an item is put or the thread ends
+
+    def _tell(self) -> None:
+        if self.listener is not None:
+            self.listener()
 
     def start(self) -> Any:
         self._thread.start()
@@ -36,6 +43,11 @@ class SlotWorker(object):
                 self._taken(item)
                 self._cond.notify_all()  # the slot is free
             return item
+
+    def poke(self) -> None:
+        """Wake a ``take`` that is waiting: it returns None at once (the consumer has something else to look at)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def _taken(self, item: Any) -> None:
         """Called under the lock for every item taken (counters)."""

@@ -285,6 +285,7 @@ class Capture(SlotWorker):
             self._slot = frame
             self.captured += 1
             self._cond.notify_all()
+        self._tell()
 
     def _run(self) -> None:
         try:
@@ -294,6 +295,7 @@ class Capture(SlotWorker):
             self.failed, self.state, self.last_error = exc, "failed", "%s: %s" % (type(exc).__name__, exc)
             with self._cond:
                 self._cond.notify_all()
+            self._tell()
 
     def _loop(self) -> None:
         delay = self.reconnect_min
@@ -339,6 +341,7 @@ class Capture(SlotWorker):
             self.state = "stopped"
         with self._cond:
             self._cond.notify_all()
+        self._tell()
 
     def stats(self) -> Dict[str, Any]:
         return {"state": self.state, "captured": self.captured, "dropped": self.dropped,

@@ -8,8 +8,9 @@ own but paho's). The agent: `edgesight agent --max-frames N` with an image-folde
 outbox. Model: the MobileNetV2-class FP32 ONNX of bench/mobilenetv2.py (224x224), ONNX Runtime; frames: 640x480
 JPEGs. Each side runs N_short and N_long frames as a fresh process; CPU per frame = (CPU(N_long) - CPU(N_short)) /
 (N_long - N_short), user + system of the whole process from wait4, so start-up cancels out; frame rate the same
-way from wall time. Camera paced at 30 fps, and as fast as possible. Targets (issue 18): CPU per frame <= 1.10x the
-loop at 30 fps and at the maximum rate, 1 and 2 threads; throughput >= 1.2x the loop with threads = cores - 1.
+way from wall time. Camera paced at 30 fps, and as fast as possible; first, the agent's CPU per second when idle.
+Targets (issue 18): CPU per frame <= 1.10x the loop at 30 fps and at the maximum rate, 1 and 2 threads; throughput
+>= 1.2x the loop with threads = cores - 1.
 """
 import argparse
 import json
@@ -88,6 +89,20 @@ def per_frame(run, short: int, long: int, repeats: int):
     return statistics.median(cpu), statistics.median(fps)
 
 
+def idle_cpu(work, pkg, images, port, seconds):
+    """The agent's CPU per second with nothing to process: ``--duration`` 2 s and 2 + ``seconds`` differenced. Its
+    threads used to wake every 10-50 ms to look for work; each wake-up costs the CPU a frame needs."""
+    cfg = agent_config(work, pkg, images, port, 1, 0.01)
+    runs = []
+    for duration in (2.0, 2.0 + seconds):
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(os.path.join(work, "outbox.db" + suffix)):
+                os.unlink(os.path.join(work, "outbox.db" + suffix))
+        runs.append(measure([sys.executable, "-m", "edgesight", "agent", "--config", cfg, "--duration",
+                             str(duration)]))
+    return 1000.0 * (runs[1][0] - runs[0][0]) / (runs[1][1] - runs[0][1])
+
+
 def agent_config(work, pkg, images, port, threads, fps):
     import yaml
 
@@ -135,6 +150,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rates", default="30,0", help="camera fps; 0: as fast as possible")
+    ap.add_argument("--idle", type=float, default=10.0, help="seconds of the idle run (0: skip it)")
     ap.add_argument("--hand", type=int, help=argparse.SUPPRESS)  # child mode: run the hand loop for N frames
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--images", help=argparse.SUPPRESS)
@@ -157,6 +173,9 @@ def main() -> int:
               "differenced, median of %d" % (os.cpu_count(), args.short, args.long, args.repeats))
         print("%-8s %7s %14s %14s %8s %10s %10s %8s" % ("camera", "threads", "loop CPU ms/f", "agent CPU ms/f",
                                                        "x loop", "loop fps", "agent fps", "x loop"))
+        if args.idle:
+            print("agent idle (a camera at 0.01 fps): %.2f ms CPU per second" % idle_cpu(work, pkg, images,
+                                                                                      broker.port, args.idle))
         for threads in [int(t) for t in args.threads.split(",")]:
             for rate in [float(r) for r in args.rates.split(",")]:
                 def hand(n, threads=threads, rate=rate):

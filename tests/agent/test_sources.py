@@ -122,6 +122,54 @@ def test_prefetch_prepares_the_latest_frame_only_after_the_last_one_was_taken():
         cap.stop()
 
 
+@pytest.mark.parametrize("cameras", [1, 3])
+def test_an_idle_preprocessing_stage_sleeps_until_a_camera_has_a_frame(monkeypatch, cameras):
+    """It polled every camera every 10-50 ms: 20 to 300 wake-ups a second with nothing to do. Now the captures wake
+    it; the idle poll is made a minute long here, so frames that arrive are prepared only if they wake it."""
+    import time
+
+    from edgesight.agent import prefetch as prefetch_mod
+    from edgesight.agent.prefetch import Prefetch
+    from edgesight.agent.sources import Capture
+
+    monkeypatch.setattr(prefetch_mod, "IDLE_POLL", 60.0)
+    caps = [Capture("c%d" % i, Numbered(100000), fps=4).start() for i in range(cameras)]
+    pre = Prefetch(caps, lambda camera, f: ({"": f.image[None]}, []))
+    looks = []
+    real = pre._prepare_next
+    pre._prepare_next = lambda: looks.append(1) or real()
+    pre.start()
+    try:
+        got, end = [], time.time() + 2.0
+        while time.time() < end:
+            item = pre.take(timeout=0.1)
+            if item is not None:
+                got.append(item.camera)
+        assert len(got) >= 4 * cameras, got  # 4 fps per camera for 2 s: every frame was prepared
+        assert len(looks) <= 3 * len(got) + 4, (len(looks), len(got))
+    finally:
+        pre.stop()
+        for cap in caps:
+            cap.stop()
+
+
+def test_a_poke_wakes_a_waiting_take():
+    """What an MQTT message does to the main loop, which waits on the preprocessing stage's slot."""
+    import threading
+    import time
+
+    from edgesight.agent.slot import SlotWorker
+
+    worker, got = SlotWorker("idle"), []
+    waiter = threading.Thread(target=lambda: got.append(worker.take(timeout=30.0)))
+    waiter.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    worker.poke()
+    waiter.join(10)
+    assert got == [None] and time.monotonic() - t0 < 10
+
+
 def test_prefetch_round_robin_and_drained_at_the_end_of_every_camera():
     import threading
     import time

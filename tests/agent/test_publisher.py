@@ -1,0 +1,94 @@
+"""The publisher against a real mosquitto: acknowledged rows are deleted in groups (one delete per message cost the
+agent more CPU than the rest of publishing it), none is left behind at a stop or sent twice, and it sleeps until a
+committed row or an ack wakes it instead of polling the outbox 20 times a second."""
+import json
+import time
+
+import pytest
+
+from edgesight.agent import mqtt as agent_mqtt
+from edgesight.agent.config import MqttConfig
+from edgesight.agent.mqtt import MqttLink, Publisher
+from edgesight.agent.outbox import Outbox
+
+from support.mqtt import Collector
+
+
+def wait_until(cond, timeout=15.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+@pytest.fixture
+def parts(broker, tmp_path):
+    outbox = Outbox(str(tmp_path / "outbox.db"))
+    link = MqttLink(MqttConfig(host="127.0.0.1", port=broker.port), "pub1")
+    pub = Publisher(link, outbox)
+    outbox.on_put = pub.wake
+    deletes = []
+    real = outbox.ack_many
+    outbox.ack_many = lambda ids: deletes.append(len(ids)) or real(ids)  # counts the transactions, still deletes
+    link.start()
+    assert link.connected.wait(10)
+    yield outbox, link, pub, deletes
+    pub.stop()
+    link.stop()
+    outbox.close()
+
+
+def results(sub):
+    with sub.lock:
+        return [json.loads(p)["n"] for t, p, _ in sub.messages if t.endswith("/result")]
+
+
+def test_acknowledged_rows_are_deleted_in_groups_and_each_message_goes_once(broker, parts):
+    outbox, link, pub, deletes = parts
+    sub = Collector(broker.port)
+    time.sleep(0.5)
+    pub.start()
+    for n in range(100):  # a camera at 200 fps: each row is published and acknowledged before the next
+        outbox.put("result", "edgesight/pub1/cam/result", json.dumps({"n": n}).encode(), captured=time.time())
+        time.sleep(0.005)
+    assert wait_until(lambda: outbox.depth() == 0 and len(results(sub)) >= 100)
+    assert sorted(results(sub)) == list(range(100))
+    assert sum(deletes) == 100 and len(deletes) <= 25, deletes  # one per message before
+    assert len(pub.capture_to_ack_ms) == 100 and max(pub.capture_to_ack_ms) < 5000
+
+
+def test_a_stop_deletes_what_was_acknowledged(broker, parts, monkeypatch):
+    monkeypatch.setattr(agent_mqtt, "ACK_DELAY", 60.0)  # acknowledged rows wait for the stop
+    outbox, link, pub, deletes = parts
+    pub.start()
+    for n in range(3):
+        outbox.put("result", "edgesight/pub1/cam/result", json.dumps({"n": n}).encode())
+    assert wait_until(lambda: pub.published == 3 and pub.inflight() == 0)  # all three acknowledged
+    assert outbox.depth() == 3 and not deletes
+    pub.stop()
+    assert outbox.depth() == 0 and deletes == [3]  # not sent again at the next start
+
+
+def test_a_committed_row_wakes_the_publisher(broker, parts, monkeypatch):
+    """With an idle poll of a minute, only the outbox's wake-up can publish the row in time."""
+    monkeypatch.setattr(agent_mqtt, "IDLE_POLL", 60.0)
+    outbox, link, pub, deletes = parts
+    sub = Collector(broker.port)
+    time.sleep(0.5)
+    pub.start()
+    time.sleep(0.3)  # asleep
+    outbox.put("result", "edgesight/pub1/cam/result", b'{"n": 7}')
+    assert wait_until(lambda: results(sub) == [7], timeout=10)
+    assert wait_until(lambda: outbox.depth() == 0, timeout=10)  # the ack woke it, the delay ran out: deleted
+
+
+def test_an_idle_publisher_sleeps(broker, parts):
+    outbox, link, pub, deletes = parts
+    steps = []
+    real = pub.step
+    pub.step = lambda: steps.append(time.monotonic()) or real()
+    pub.start()
+    time.sleep(2.5)
+    assert len(steps) <= 5, len(steps)  # 50 with the 50 ms poll it had
