@@ -7,7 +7,8 @@ The export venv: `pip install torch==2.14.1 torchvision==0.29.1` then `pip insta
 `pip install pyyaml huggingface_hub safetensors onnx` (torch 2.13.0 alone does not import timm: it needs
 torchvision). Images: 200 calibration and 100 validation 224x224 synthetic pictures (gradients, shapes, blur, noise),
 made deterministically here: the weights are random, so fidelity is the logit cosine (and centred cosine) against
-FP32, not top-1. Targets (issue 14): every model converts to every CPU target; cosine >= 0.99 for every INT8
+FP32, not top-1. `--latency-only` measures the latency of the packages a run left in --work again (3 rounds).
+Targets (issue 14): every model converts to every CPU target; cosine >= 0.99 for every INT8
 artifact; the INT8 CPU profile faster than FP32 on every CNN; convert time <= 1.2x the same tools by hand.
 """
 import argparse
@@ -101,6 +102,27 @@ def one(name: str, work: str, calib: str, val: str, hand: bool, threads: int, ru
     return row
 
 
+def latency_again(names, work: str, threads: int, runs: int, rounds: int = 3) -> int:
+    """Each package's artifacts against its FP32, ``rounds`` times in a row: the spread is this machine's noise."""
+    import yaml
+
+    x = ImageFolder(os.path.join(work, "val")).load(SPEC, 4).tensors[:1]
+    print("%-24s %-22s %s" % ("model", "artifact", "latency x FP32, %d rounds of %d runs" % (rounds, runs)))
+    for name in names:
+        pkg = os.path.join(work, name + "-package")
+        with open(os.path.join(pkg, "edgesight.yaml")) as f:
+            arts = yaml.safe_load(f)["artifacts"]
+        models = [(a["file"], os.path.join(pkg, a["file"]), a["runtime"], a["layout"]) for a in arts]
+        ratios = {m[0]: [] for m in models}
+        for _ in range(rounds):
+            lats = latencies_ms(models, x, threads, runs)
+            for m in models:
+                ratios[m[0]].append(lats[m[0]] / lats["model.fp32.onnx"])
+        for m in models[1:]:
+            print("%-24s %-22s %s" % (name, m[0], "  ".join("%.2f" % r for r in ratios[m[0]])), flush=True)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--export-python", required=True, help="a Python with torch and timm")
@@ -108,10 +130,14 @@ def main() -> int:
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "edgesight-coverage"))
     ap.add_argument("--by-hand", action="store_true", help="also time the same tools run directly")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--runs", type=int, default=200, help="latency: runs per model, in 4 blocks")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="measure again the latency of the packages an earlier run left in --work (no conversion)")
     args = ap.parse_args()
     names = [m for m in args.models.split(",") if m]
     os.makedirs(args.work, exist_ok=True)
+    if args.latency_only:
+        return latency_again(names, args.work, args.threads, args.runs)
     missing = [n for n in names if not os.path.isfile(os.path.join(args.work, n + ".onnx"))]
     if missing:
         subprocess.run([args.export_python, "-c", EXPORT, args.work] + missing, check=True,

@@ -91,6 +91,7 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
         # the activation ranges depend on the model and the images, not on which nodes stay in float: calibrated
         # once, then every try of the sensitivity step only places Q/DQ (ONNX Runtime >= 1.32 takes a cache)
         cache = {"calibration_cache_path": os.path.join(work, "calibration.json")} if _takes_cache(q) else {}
+        requantized = [0]
 
         def quantize(exclude: Sequence[str]) -> None:
             if hasattr(reader, "rewind"):
@@ -105,6 +106,8 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
                 raise ConversionError("onnxruntime quantize_static failed for the %s profile: %s: %s"
                                       % (profile, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
                                       file=src)
+            if profile == "cpu":  # TensorRT wants zero points of 0 and fuses HardSigmoid itself
+                requantized[:] = [_requantize(dst)]
 
         if tuning is None:
             import onnx
@@ -118,6 +121,8 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
                 tuned.rounds, " -> ".join("%.4f" % c for c in tuned.history), len(tuning.tensors), tuned.bound,
                 tuning.min_cosine)
         logs.raise_if_degraded(src, profile)
+        if requantized[0]:
+            steps["requantize"] = "%d HardSigmoid -> QuantizeLinear (no float kernel)" % requantized[0]
         steps["quantize_static"] = "%s, %s calibration, %d node(s) kept in float" % (profile, method, len(kept))
     strip_unused_opsets(dst)
     return Quantized(dst, steps, kept, cosine)
@@ -129,6 +134,17 @@ def _rewrite(path: str) -> int:
 
     model = onnx.load(path)
     done = onnx_rewrite.mean_as_global_pool(model)
+    if done:
+        onnx.save(model, path)
+    return done
+
+
+def _requantize(path: str) -> int:
+    """:func:`onnx_rewrite.hardsigmoid_as_requantize` on the written Q/DQ model, in place; how many nodes."""
+    import onnx
+
+    model = onnx.load(path)
+    done = onnx_rewrite.hardsigmoid_as_requantize(model)
     if done:
         onnx.save(model, path)
     return done

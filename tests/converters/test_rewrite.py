@@ -91,3 +91,68 @@ def test_the_cpu_profile_pools_in_int8(tmp_path):
     ort.InferenceSession(q.path, sess_options=opts, providers=["CPUExecutionProvider"])
     ran = collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
     assert ran["QLinearGlobalAveragePool"] == 2 and ran["ReduceMean"] == 0, ran
+
+
+def _dq_hs_q(scale_g, zero_g=0, alpha=1 / 6.0, beta=0.5, dtype=np.uint8):
+    """x (quantized, every code) -> DequantizeLinear -> HardSigmoid -> QuantizeLinear."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    elem = TensorProto.UINT8 if dtype == np.uint8 else TensorProto.INT8
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "sx"),
+             numpy_helper.from_array(np.array(128 if dtype == np.uint8 else 0, dtype), "zx"),
+             numpy_helper.from_array(np.array(scale_g, np.float32), "sg"),
+             numpy_helper.from_array(np.array(zero_g, dtype), "zg")]
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["x"], name="dq"),
+             helper.make_node("HardSigmoid", ["x"], ["h"], name="gate", alpha=alpha, beta=beta),
+             helper.make_node("QuantizeLinear", ["h", "sg", "zg"], ["hq"], name="q")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("xq", elem, [256])],
+                              [helper.make_tensor_value_info("hq", elem, [256])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _codes(model, dtype=np.uint8):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    info = np.iinfo(dtype)
+    return sess.run(None, {"xq": np.arange(info.min, info.max + 1).astype(dtype)})[0].astype(np.int32)
+
+
+@pytest.mark.parametrize("scale_g", [1 / 255.0, 0.8 / 255, 0.5 / 255])
+def test_a_hardsigmoid_between_dq_and_q_is_a_requantization_within_one_step(scale_g):
+    """Every input code: the rewritten graph gives the same quantized gate, or one step off where the zero point's
+    rounding (beta / scale is rarely an integer) moves it; where the gate is clipped (0, and 1 or the top of the
+    calibrated range) it is exact."""
+    model = _dq_hs_q(scale_g)
+    before = _codes(model)
+    assert onnx_rewrite.hardsigmoid_as_requantize(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "QuantizeLinear"]
+    after = _codes(model)
+    assert np.abs(after - before).max() <= 1
+    assert after.min() == before.min() == 0 and after.max() == before.max()
+    top = before.max()
+    assert (after[(before == 0) | (before == top)] == before[(before == 0) | (before == top)]).all()
+
+
+@pytest.mark.parametrize("case", ["zero point above the lowest code", "range above 1", "int8 symmetric"])
+def test_a_hardsigmoid_whose_clip_the_quantization_does_not_give_is_kept(case):
+    model = {"zero point above the lowest code": lambda: _dq_hs_q(1 / 255.0, zero_g=3),
+             "range above 1": lambda: _dq_hs_q(1 / 254.0),
+             "int8 symmetric": lambda: _dq_hs_q(1 / 127.0, dtype=np.int8)}[case]()
+    assert onnx_rewrite.hardsigmoid_as_requantize(model) == 0
+
+
+def test_the_cpu_profile_runs_no_float_hardsigmoid_and_the_tensorrt_one_keeps_it(tmp_path, monkeypatch):
+    path = _se_block(tmp_path / "se.onnx")
+    calib = np.random.default_rng(2).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    q = onnx_quant.quantize_onnx(path, str(tmp_path / "q.onnx"), OrtCalibrationReader("x", calib), "cpu")
+    assert q.steps["requantize"].startswith("1 HardSigmoid")
+    assert "HardSigmoid" not in {n.op_type for n in onnx.load(q.path).graph.node}
+    trt = onnx_quant.quantize_onnx(path, str(tmp_path / "t.onnx"), OrtCalibrationReader("x", calib), "tensorrt")
+    assert "requantize" not in trt.steps and "HardSigmoid" in {n.op_type for n in onnx.load(trt.path).graph.node}
+    monkeypatch.setattr(onnx_rewrite, "hardsigmoid_as_requantize", lambda model: 0)
+    plain = onnx_quant.quantize_onnx(path, str(tmp_path / "p.onnx"), OrtCalibrationReader("x", calib), "cpu")
+    x = np.random.default_rng(3).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    a, b = _run(q.path, x), _run(plain.path, x)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999, cos
