@@ -90,17 +90,29 @@ def per_frame(run, short: int, long: int, repeats: int):
 
 
 def idle_cpu(work, pkg, images, port, seconds):
-    """The agent's CPU per second with nothing to process: ``--duration`` 2 s and 2 + ``seconds`` differenced. Its
-    threads used to wake every 10-50 ms to look for work; each wake-up costs the CPU a frame needs."""
+    """The agent's CPU per second with nothing to process, from /proc/PID/stat (user + system) between 5 s after its
+    start and ``seconds`` later: the start-up's own variation (a second of CPU, give or take 0.1) would drown it in
+    a difference of two runs. Its threads used to wake every 10-50 ms to look for work."""
+    import signal
+
     cfg = agent_config(work, pkg, images, port, 1, 0.01)
-    runs = []
-    for duration in (2.0, 2.0 + seconds):
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(os.path.join(work, "outbox.db" + suffix)):
-                os.unlink(os.path.join(work, "outbox.db" + suffix))
-        runs.append(measure([sys.executable, "-m", "edgesight", "agent", "--config", cfg, "--duration",
-                             str(duration)]))
-    return 1000.0 * (runs[1][0] - runs[0][0]) / (runs[1][1] - runs[0][1])
+
+    def cpu(pid):
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgesight", "agent", "--config", cfg],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(5.0)
+        c0, t0 = cpu(proc.pid), time.perf_counter()
+        time.sleep(seconds)
+        c1, t1 = cpu(proc.pid), time.perf_counter()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    return 1000.0 * (c1 - c0) / (t1 - t0)
 
 
 def agent_config(work, pkg, images, port, threads, fps):
@@ -150,7 +162,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rates", default="30,0", help="camera fps; 0: as fast as possible")
-    ap.add_argument("--idle", type=float, default=10.0, help="seconds of the idle run (0: skip it)")
+    ap.add_argument("--idle", type=float, default=20.0, help="seconds of the idle measurement (0: skip it)")
     ap.add_argument("--hand", type=int, help=argparse.SUPPRESS)  # child mode: run the hand loop for N frames
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--images", help=argparse.SUPPRESS)

@@ -19,7 +19,7 @@ bound) or no group lifts it by ``MIN_GAIN``. (ViT-tiny: 0.88 ->
 import logging
 import os
 import tempfile
-from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -136,10 +136,11 @@ def tune(prepared: str, dst: str, quantize: Callable[[Sequence[str]], None], inp
         return lower_bound(rows), float(rows.mean())
 
     excluded = default_float_nodes(model)
+    float_acts: Dict[str, Any] = {}  # the float model's activations, collected in the first round
     bound, cosine = cosine_with(excluded)
     history = [round(cosine, 5)]
     while bound < min_cosine and len(history) < max_rounds:
-        sqnr = tensor_sqnr(prepared, dst, input_name, tensors[:8])
+        sqnr = tensor_sqnr(prepared, dst, input_name, tensors[:8], float_acts)
         cands = groups(model, set(excluded))
         ranked = sorted(cands, key=lambda g: min([sqnr.get(i, 1e9) for n in cands[g] for i in n.input] or [1e9]))
         ranked = ranked[:TRIES_PER_ROUND] + ([HEAD] if HEAD in ranked[TRIES_PER_ROUND:] else [])  # always tried
@@ -156,19 +157,26 @@ def tune(prepared: str, dst: str, quantize: Callable[[Sequence[str]], None], inp
     return Tuned(excluded, cosine, len(history), history, bound)
 
 
-def tensor_sqnr(prepared: str, qdq: str, input_name: str, tensors: np.ndarray) -> Dict[str, float]:
-    """Per quantized activation: its SQNR in dB (float model vs the Q/DQ model), lower is worse."""
+def tensor_sqnr(prepared: str, qdq: str, input_name: str, tensors: np.ndarray,
+                reference: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
+    """Per quantized activation: its SQNR in dB (float model vs the Q/DQ model), lower is worse. ``reference``: a
+    dict that keeps the float model's activations between calls (they do not change from one round to the next)."""
     from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
                                                          create_activation_matching,
                                                          modify_model_output_intermediate_tensors)
 
     from ..calibration.dataset import OrtCalibrationReader
 
+    reference = {} if reference is None else reference
     with tempfile.TemporaryDirectory(prefix="edgesight-sens-") as work:
         acts = {}
         for name, path in (("float", prepared), ("qdq", qdq)):
+            if name == "float" and "float" in reference:
+                acts[name] = reference["float"]
+                continue
             augmented = os.path.join(work, name + ".onnx")
             modify_model_output_intermediate_tensors(path, augmented)
             acts[name] = collect_activations(augmented, OrtCalibrationReader(input_name, tensors, batch_size=4))
+        reference["float"] = acts["float"]
     errors = compute_activation_error(create_activation_matching(acts["qdq"], acts["float"]))
     return {t: float(e.get("xmodel_err", e.get("qdq_err", 1e9))) for t, e in errors.items()}

@@ -207,6 +207,22 @@ def test_a_group_stays_in_float_only_for_a_real_gain(tmp_path, monkeypatch, gain
     assert state["exclude"] == tuned.excluded  # the file written is the one chosen
 
 
+def test_the_float_model_activations_are_collected_once_for_every_round(tmp_path, monkeypatch):
+    """They do not change between rounds: collecting them again cost MobileNetV3 1.3 s a round."""
+    from onnxruntime.quantization import qdq_loss_debug
+
+    path, data = _transformer_block(tmp_path / "blk.onnx")
+    collected, rounds = [], []
+    real_collect, real_sqnr = qdq_loss_debug.collect_activations, sensitivity.tensor_sqnr
+    monkeypatch.setattr(qdq_loss_debug, "collect_activations", lambda *a, **k: collected.append(1) or
+                        real_collect(*a, **k))
+    monkeypatch.setattr(sensitivity, "tensor_sqnr", lambda *a: rounds.append(1) or real_sqnr(*a))
+    monkeypatch.setattr(sensitivity, "MIN_GAIN", -1.0)  # every round runs
+    onnx_quant.quantize_onnx(path, str(tmp_path / "q.onnx"), OrtCalibrationReader("x", data), "cpu",
+                             tuning=onnx_quant.Tuning("x", data, min_cosine=1.0))
+    assert len(rounds) >= 2 and len(collected) == len(rounds) + 1, (len(rounds), len(collected))
+
+
 class CountingReader(OrtCalibrationReader):
     """The calibration images, counting the batches handed out (a pass over them: len(tensors) / batch)."""
 
