@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -82,7 +82,7 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
         prepared = os.path.join(work, "prepared.onnx")
         pre_process(src, prepared)
         steps["pre_process"] = "ran (symbolic shape inference, ONNX shape inference, basic optimizations)"
-        pooled = _rewrite(prepared)
+        pooled = _rewrite_file(prepared, onnx_rewrite.mean_as_global_pool)  # exact, before calibrating
         if pooled:
             steps["rewrite"] = "%d spatial ReduceMean -> GlobalAveragePool (quantized kernel)" % pooled
         prepared = _limit_opset(prepared, p.max_opset, work)
@@ -107,7 +107,7 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
                                       % (profile, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
                                       file=src)
             if profile == "cpu":  # TensorRT wants zero points of 0 and fuses HardSigmoid itself
-                requantized[:] = [_requantize(dst)]
+                requantized[:] = [_rewrite_file(dst, onnx_rewrite.hardsigmoid_as_requantize)]
 
         if tuning is None:
             import onnx
@@ -128,23 +128,12 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
     return Quantized(dst, steps, kept, cosine)
 
 
-def _rewrite(path: str) -> int:
-    """The exact rewrites of :mod:`converters.onnx_rewrite` on the prepared model, in place; how many nodes."""
+def _rewrite_file(path: str, rewrite: Callable[[Any], int]) -> int:
+    """One of :mod:`converters.onnx_rewrite`'s rewrites on the model at ``path``, in place; how many nodes."""
     import onnx
 
     model = onnx.load(path)
-    done = onnx_rewrite.mean_as_global_pool(model)
-    if done:
-        onnx.save(model, path)
-    return done
-
-
-def _requantize(path: str) -> int:
-    """:func:`onnx_rewrite.hardsigmoid_as_requantize` on the written Q/DQ model, in place; how many nodes."""
-    import onnx
-
-    model = onnx.load(path)
-    done = onnx_rewrite.hardsigmoid_as_requantize(model)
+    done = rewrite(model)
     if done:
         onnx.save(model, path)
     return done

@@ -22,16 +22,26 @@ def _attr(node, name: str):
     return None
 
 
-def _constant_ints(model, name: str) -> Optional[List[int]]:
+def _initializer(model, name: str):
+    """The initializer ``name`` as a numpy array, or None."""
     from onnx import numpy_helper
 
     for init in model.graph.initializer:
         if init.name == name:
-            return [int(v) for v in numpy_helper.to_array(init).reshape(-1)]
+            return numpy_helper.to_array(init)
+    return None
+
+
+def _constant_ints(model, name: str) -> Optional[List[int]]:
+    from onnx import numpy_helper
+
+    value = _initializer(model, name)
+    if value is not None:
+        return [int(v) for v in value.reshape(-1)]
     for n in model.graph.node:
         if n.op_type == "Constant" and n.output[0] == name:
-            value = _attr(n, "value")
-            return None if value is None else [int(v) for v in numpy_helper.to_array(value.t).reshape(-1)]
+            attr = _attr(n, "value")
+            return None if attr is None else [int(v) for v in numpy_helper.to_array(attr.t).reshape(-1)]
     return None
 
 
@@ -82,13 +92,8 @@ def mean_as_global_pool(model) -> int:
 
 
 def _scalar(model, name: str):
-    from onnx import numpy_helper
-
-    for init in model.graph.initializer:
-        if init.name == name:
-            value = numpy_helper.to_array(init)
-            return value if value.size == 1 else None
-    return None
+    value = _initializer(model, name)
+    return value if value is not None and value.size == 1 else None
 
 
 def hardsigmoid_as_requantize(model) -> int:

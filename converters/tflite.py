@@ -131,16 +131,18 @@ def _fidelity(full: str, dynamic: str, fidelity: Fidelity, spec: PreprocessSpec,
     from .metrics import lower_bound
 
     rows = logit_cosines(full, fidelity, spec)
+    bound = lower_bound(rows)
     said = "full-integer: logit cosine %.6f, lower bound %.6f on %d images (target %g)" % (
-        rows.mean(), lower_bound(rows), len(rows), fidelity.min_cosine)
-    if lower_bound(rows) >= fidelity.min_cosine or not os.path.isfile(dynamic):
+        rows.mean(), bound, len(rows), fidelity.min_cosine)
+    if bound >= fidelity.min_cosine or not os.path.isfile(dynamic):
         return full, None, said
     check_no_flex(dynamic, onnx_path)
     dyn = logit_cosines(dynamic, fidelity, spec)
-    said += "; dynamic-range: %.6f, lower bound %.6f" % (dyn.mean(), lower_bound(dyn))
-    if lower_bound(dyn) >= fidelity.min_cosine:
+    dyn_bound = lower_bound(dyn)
+    said += "; dynamic-range: %.6f, lower bound %.6f" % (dyn.mean(), dyn_bound)
+    if dyn_bound >= fidelity.min_cosine:
         log.info("full-integer INT8 TFLite reaches cosine %.4f (bound %.4f) < %.3f; shipping the dynamic-range file "
-                 "(%.4f)", rows.mean(), lower_bound(rows), fidelity.min_cosine, dyn.mean())
+                 "(%.4f)", rows.mean(), bound, fidelity.min_cosine, dyn.mean())
         return dynamic, DYNAMIC_RANGE, said + ", shipped"
     return full, None, said
 

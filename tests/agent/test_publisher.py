@@ -11,16 +11,8 @@ from edgesight.agent.config import MqttConfig
 from edgesight.agent.mqtt import MqttLink, Publisher
 from edgesight.agent.outbox import Outbox
 
+from support import wait_until
 from support.mqtt import Collector
-
-
-def wait_until(cond, timeout=15.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 @pytest.fixture
@@ -53,7 +45,7 @@ def test_acknowledged_rows_are_deleted_in_groups_and_each_message_goes_once(brok
     for n in range(100):  # a camera at 200 fps: each row is published and acknowledged before the next
         outbox.put("result", "edgesight/pub1/cam/result", json.dumps({"n": n}).encode(), captured=time.time())
         time.sleep(0.005)
-    assert wait_until(lambda: outbox.depth() == 0 and len(results(sub)) >= 100)
+    wait_until(lambda: outbox.depth() == 0 and len(results(sub)) >= 100, timeout=15.0)
     assert sorted(results(sub)) == list(range(100))
     assert sum(deletes) == 100 and len(deletes) <= 25, deletes  # one per message before
     assert len(pub.capture_to_ack_ms) == 100 and max(pub.capture_to_ack_ms) < 5000
@@ -65,7 +57,7 @@ def test_a_stop_deletes_what_was_acknowledged(broker, parts, monkeypatch):
     pub.start()
     for n in range(3):
         outbox.put("result", "edgesight/pub1/cam/result", json.dumps({"n": n}).encode())
-    assert wait_until(lambda: pub.published == 3 and pub.inflight() == 0)  # all three acknowledged
+    wait_until(lambda: pub.published == 3 and pub.inflight() == 0, timeout=15.0)  # all three acknowledged
     assert outbox.depth() == 3 and not deletes
     pub.stop()
     assert outbox.depth() == 0 and deletes == [3]  # not sent again at the next start
@@ -80,8 +72,8 @@ def test_a_committed_row_wakes_the_publisher(broker, parts, monkeypatch):
     pub.start()
     time.sleep(0.3)  # asleep
     outbox.put("result", "edgesight/pub1/cam/result", b'{"n": 7}')
-    assert wait_until(lambda: results(sub) == [7], timeout=10)
-    assert wait_until(lambda: outbox.depth() == 0, timeout=10)  # the ack woke it, the delay ran out: deleted
+    wait_until(lambda: results(sub) == [7], timeout=10.0)
+    wait_until(lambda: outbox.depth() == 0, timeout=10.0)  # the ack woke it, the delay ran out: deleted
 
 
 def test_an_idle_publisher_sleeps(broker, parts):
