@@ -233,6 +233,14 @@ def make_source(cfg: SourceConfig) -> Source:
     raise ConfigError("unknown source type %r" % cfg.type, field="cameras.source.type")
 
 
+def next_due(due: float, now: float, period: float) -> float:
+    """When the next frame is due: one ``period`` after the last one was due, on a fixed schedule, so a late
+    wake-up (a busy interpreter, a loaded host) does not slow a camera below its ``fps``; a source or pipeline that
+    fell more than a period behind starts a new schedule at ``now`` instead of catching up in a burst."""
+    due += period
+    return now if due < now - period else due
+
+
 class Capture(SlotWorker):
     """One camera's capture thread with a latest-frame slot; ``take`` gives the latest Frame not yet taken. A live
     camera replaces a frame the pipeline has not taken (dropped, counted); a replay (``Source.replay``) waits."""
@@ -298,7 +306,7 @@ class Capture(SlotWorker):
             self._tell()
 
     def _loop(self) -> None:
-        delay = self.reconnect_min
+        delay, due = self.reconnect_min, 0.0
         opened = False
         while not self._stop.is_set():
             if not opened:
@@ -308,6 +316,7 @@ class Capture(SlotWorker):
                     if self.state == "reconnecting":
                         log.info("camera %s is back", self.name)
                     self.state = "online"
+                    due = time.monotonic()  # frames at ``fps`` on a fixed schedule: a late wake-up does not slow it
                 except (SourceLost, MissingDependencyError, ConfigError) as exc:
                     self.last_error = str(exc)
                     if isinstance(exc, (MissingDependencyError, ConfigError)):
@@ -320,7 +329,6 @@ class Capture(SlotWorker):
                     delay = min(self.reconnect_max, delay * 2)
                     self.reconnects += 1
                     continue
-            t0 = time.monotonic()
             try:
                 frame = self.source.grab()
             except SourceLost as exc:
@@ -335,7 +343,8 @@ class Capture(SlotWorker):
                 log.info("camera %s: end of input", self.name)
                 break
             self._put(frame)
-            self._stop.wait(max(0.0, self.period - (time.monotonic() - t0)))
+            due = next_due(due, time.monotonic(), self.period)
+            self._stop.wait(max(0.0, due - time.monotonic()))
         self.source.close()
         if self.state != "ended":
             self.state = "stopped"

@@ -311,3 +311,19 @@ def test_a_live_source_decodes_only_the_frames_the_pipeline_takes(tmp_path):
         level = 20 + (f.seq - 1) % 200
         assert abs(float(f.image.mean()) - level) < 3, (f.seq, f.image.mean(), level)
         assert f.color == "bgr" and f.decode_ms > 0
+
+
+def test_frames_are_due_on_a_fixed_schedule_and_a_late_source_does_not_burst():
+    from edgesight.agent.sources import next_due
+
+    period = 1.0 / 30
+    due, now = 100.0, 100.0
+    # a wake-up 3 ms late every frame (a busy interpreter) does not move the schedule: 30 frames a second
+    for _ in range(30):
+        now = due + 0.003
+        due = next_due(due, now, period)
+    assert due == pytest.approx(100.0 + 30 * period)
+    # the schedule is kept when a frame came late by less than a period: the next one is due sooner
+    assert next_due(200.0, 200.0 + 0.9 * period, period) == pytest.approx(200.0 + period)
+    # more than a period behind (a replay that waited for a slow pipeline): a new schedule from now, no burst
+    assert next_due(300.0, 300.0 + 5 * period, period) == pytest.approx(300.0 + 5 * period)
