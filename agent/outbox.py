@@ -1,11 +1,13 @@
 """The durable outbox: every result and sample is committed here before it is published, and leaves only when the
 broker acknowledges it (QoS 1 PUBACK; QoS 0 stats leave once written to the socket).
 
-SQLite in WAL mode with ``synchronous=FULL``: a committed row survives SIGKILL and power loss. ``max_bytes`` bounds
-the files on disk, the database, its write-ahead log and its shared-memory index together (at least 256 KiB): the
-log is checkpointed and truncated once it passes ``wal_slack`` (a sixteenth of the bound, 64 KiB to 1 MiB), and a
-row is committed only when the database with the row's pages, the log with one more transaction in it and the index
-stay within the bound, measured on SQLite's own page counts. When full, rows are evicted lowest priority first
+SQLite in WAL mode with ``synchronous=FULL``: a committed row survives SIGKILL and power loss. ``put`` commits at
+once; ``stage`` holds a message for the next commit (``flush`` or any ``put``), so that at the maximum frame rate
+several results share one transaction and one fsync (``commit_due`` bounds how many and for how long). ``max_bytes``
+bounds the files on disk, the database, its write-ahead log and its shared-memory index together (at least 256 KiB):
+the log is checkpointed and truncated once it passes ``wal_slack`` (a sixteenth of the bound, 64 KiB to 1 MiB), and
+a row is committed only when the database with the row's pages, the log with one more transaction in it and the
+index stay within the bound, measured on SQLite's own page counts. When full, rows are evicted lowest priority first
 (stats, then samples, results last), oldest first, and counted. Rows the broker or the MQTT client refuses for good
 move to ``dead_letter`` (payload cut to 4 KiB; the oldest dropped beyond a sixteenth of the bound). One connection
 guarded by a lock, so the pipeline and publisher threads can share it; paho's callbacks never touch it (they run
@@ -29,6 +31,8 @@ MIN_BYTES = 256 * 1024
 DEAD_PAYLOAD = 4096
 SHM_BYTES = 32 * 1024  # the -shm index of a WAL database
 ROW_OVERHEAD = 100  # the other columns, the cell header and the index entry, bytes
+GROUP_ROWS = 16  # group commit: at most this many staged messages wait for one commit ...
+GROUP_DELAY = 0.05  # s: ... and none waits longer (commit_due)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -42,6 +46,26 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     created REAL, died REAL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+class Message(NamedTuple):
+    """A message to commit."""
+    kind: str
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    captured: Optional[float] = None
+
+
+def commit_due(staged: int, waited: float, next_frame: float, more_waiting: bool) -> bool:
+    """Group commit's rule, after a frame: commit what is staged now, unless the next frame is already waiting and
+    the group stays within ``GROUP_ROWS`` and, after that frame (``next_frame`` s, the last one's time), within
+    ``GROUP_DELAY`` s of its oldest message (``waited``). Below the maximum frame rate nothing is waiting, so every
+    result commits at once and latency is unchanged; at the maximum rate results wait at most ``GROUP_DELAY``."""
+    if staged == 0:
+        return False
+    return not (more_waiting and staged < GROUP_ROWS and waited + next_frame < GROUP_DELAY)
 
 
 class Row(NamedTuple):
@@ -111,33 +135,80 @@ class Outbox(object):
         self._db.execute("PRAGMA wal_autocheckpoint=%d" % max(1, self.wal_slack // self.page))
         self.dead_limit = max(self.max_bytes // 16, 2 * DEAD_PAYLOAD)
         self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
-        self.on_put: Optional[Callable[[], None]] = None  # called after each committed row (wakes the publisher)
+        self.on_put: Optional[Callable[[], None]] = None  # called after each commit of rows (wakes the publisher)
+        self.committed: Dict[str, int] = {}  # rows committed since start, by kind
+        self._staged: List[Message] = []  # waiting for the next commit (stage / flush)
+        self._staged_since = 0.0
 
     # -- writing ---------------------------------------------------------------------------------------------
     def put(self, kind: str, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
             captured: Optional[float] = None) -> Optional[int]:
-        """Commit one message; returns its id, or None when it was dropped because the outbox is full of messages
-        of equal or higher priority (counted as ``dropped_<kind>``)."""
-        prio = PRIORITY[kind]
-        size = len(payload) + len(topic)
-        cost = disk_cost(size, self.page)
-        row_id = None
-        with self._transaction() as cur:
-            if self._fits(cur, cost) or self._evict(cur, cost, prio):
-                cur.execute("INSERT INTO outbox (kind, priority, topic, payload, qos, retain, size, created, "
-                            "captured) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (kind, prio, topic, sqlite3.Binary(payload), qos, int(retain), size, time.time(),
-                             captured))
-                row_id = cur.lastrowid
+        """Commit one message, with whatever was staged before it; returns its id, or None when it was dropped
+        because the outbox is full of messages of equal or higher priority (counted as ``dropped_<kind>``)."""
+        return self._commit([Message(kind, topic, payload, qos, retain, captured)])[-1]
+
+    def stage(self, kind: str, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+              captured: Optional[float] = None) -> None:
+        """Hold a message for the next commit: :meth:`flush`, or any :meth:`put`, commits everything staged, in
+        order, in one transaction (group commit: one fsync for several results when frames arrive faster than a
+        commit is worth). A staged message is not accepted yet; the caller flushes within a bounded time
+        (:func:`commit_due`), and :meth:`close` flushes what is left."""
+        PRIORITY[kind]  # an unknown kind fails here, not at the commit
+        with self._lock:
+            if not self._staged:
+                self._staged_since = time.monotonic()
+            self._staged.append(Message(kind, topic, payload, qos, retain, captured))
+
+    @property
+    def staged(self) -> int:
+        """Messages staged and not committed yet."""
+        return len(self._staged)
+
+    def staged_age(self) -> float:
+        """Seconds the oldest staged message has waited (0 when none is)."""
+        return time.monotonic() - self._staged_since if self._staged else 0.0
+
+    def flush(self) -> List[Optional[int]]:
+        """Commit every staged message in one transaction; their ids (None: dropped, the outbox was full)."""
+        return self._commit([]) if self._staged else []
+
+    def _commit(self, messages: List["Message"]) -> List[Optional[int]]:
+        ids: List[Optional[int]] = []
+        added = 0
+        taken: List[Message] = []
+        try:
+            with self._transaction() as cur:
+                taken, self._staged = self._staged, []  # under the lock
+                messages = taken + messages
+                for m in messages:
+                    ids.append(self._insert(cur, m))
+                    added += (len(m.payload) + len(m.topic)) if ids[-1] is not None else 0
+        except BaseException:
+            with self._lock:  # nothing was committed: the staged messages wait for the next try
+                self._staged = taken + self._staged
+            raise
+        for m, row_id in zip(messages, ids):
+            if row_id is None:
+                log.warning("outbox full (%d bytes of messages): dropped a new %s", self._bytes, m.kind)
             else:
-                self._count(cur, "dropped_" + kind)
-        if row_id is None:
-            log.warning("outbox full (%d bytes of messages): dropped a new %s", self._bytes, kind)
-        else:
-            self._bytes += size
-            if self.on_put is not None:
-                self.on_put()
-        return row_id
+                self.committed[m.kind] = self.committed.get(m.kind, 0) + 1
+        self._bytes += added
+        if added and self.on_put is not None:
+            self.on_put()
+        return ids
+
+    def _insert(self, cur: sqlite3.Cursor, m: "Message") -> Optional[int]:
+        """One message into the transaction of ``cur``: its row id, or None when it does not fit (counted)."""
+        prio = PRIORITY[m.kind]
+        size = len(m.payload) + len(m.topic)
+        cost = disk_cost(size, self.page)
+        if not (self._fits(cur, cost) or self._evict(cur, cost, prio)):
+            self._count(cur, "dropped_" + m.kind)
+            return None
+        cur.execute("INSERT INTO outbox (kind, priority, topic, payload, qos, retain, size, created, captured) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (m.kind, prio, m.topic, sqlite3.Binary(m.payload), m.qos,
+                                                          int(m.retain), size, time.time(), m.captured))
+        return cur.lastrowid
 
     @contextlib.contextmanager
     def _transaction(self, synchronous: str = "FULL") -> Iterator[sqlite3.Cursor]:
@@ -312,5 +383,9 @@ class Outbox(object):
                     for r in self._db.execute("SELECT id, kind, topic, attempts, reason FROM dead_letter")]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Commit what is staged, then close the database."""
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._db.close()

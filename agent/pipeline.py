@@ -8,7 +8,7 @@ sampling policy in force, the telemetry) are passed in, so it is tested with a r
 import logging
 import random
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from ..runtimes.base import Runtime
 from ..runtimes.postprocess import Prediction, to_probabilities, top_k
 from . import decisions, sampling
 from .cameras import CameraConfig, target_key
-from .outbox import Outbox
+from .outbox import Outbox, commit_due
 from .policy import PolicyManager
 from .prefetch import Prepared
 from .regions import MAIN, View, crop
@@ -105,7 +105,11 @@ class FramePipeline(object):
         self.trackers = {k: decisions.StateTracker(self.main.settings.hysteresis) for k in keys}
         self.gates = {k: decisions.PublishGate(self.main.settings.publish_mode, self.main.settings.min_interval)
                       for k in keys}
-        self.results_committed = 0
+        self._frame_s = 0.0  # the last frame's time in this pipeline (group commit's look ahead)
+
+    @property
+    def results_committed(self) -> int:
+        return self.outbox.committed.get("result", 0)
 
     @property
     def main(self) -> Runner:
@@ -120,11 +124,16 @@ class FramePipeline(object):
         and gates carry over, regions with a package of their own keep it."""
         self.runners[MAIN] = runner
 
-    def process(self, item: Prepared) -> Optional[Outcome]:
+    def process(self, item: Prepared, more_waiting: Optional[Callable[[], bool]] = None) -> Optional[Outcome]:
         """One preprocessed frame: inference (one run per model group), then for every view its decisions and the
         durable commit of what is published. Nothing is committed before every inference succeeded, so a frame
         whose inference failed can be run again on another model. Returns the agent's package's verdict on the
-        frame's first view it ran (None when every view of this frame ran on a region's own package)."""
+        frame's first view it ran (None when every view of this frame ran on a region's own package).
+
+        ``more_waiting``: asked after the inference, whether the next frame is already prepared. The frame's results
+        and states may then wait to be committed with the next frames' (``outbox.commit_due``: at most 16 messages
+        and 50 ms); when it says no, or is not given, or the group is due, everything staged is committed before
+        this returns. A sample commits at once, with what is staged."""
         tel = self.telemetry
         t0 = time.perf_counter()
         scores = {g: probabilities(self.runners[g], batch) for g, batch in item.batches.items()}
@@ -138,9 +147,15 @@ class FramePipeline(object):
             post_ms, commit_ms = post_ms + times[0], commit_ms + times[1]
             if first is None and view.group == MAIN:
                 first = outcome
+        t2 = time.perf_counter()
+        if commit_due(self.outbox.staged, self.outbox.staged_age(), self._frame_s,
+                      more_waiting is not None and more_waiting()):
+            self.outbox.flush()
+        t3 = time.perf_counter()
+        self._frame_s = t3 - t0
         frame = item.frame
         for name, ms in (("decode", frame.decode_ms), ("preprocess", item.preprocess_ms), ("inference", inference_ms),
-                         ("postprocess", post_ms), ("commit", commit_ms)):
+                         ("postprocess", post_ms), ("commit", commit_ms + 1000.0 * (t3 - t2))):
             tel.stage(name, ms)
         log.debug("%s frame %d: %d view(s), preprocessed in %.1f ms, inference to commit %.1f ms", item.camera,
                   frame.seq, len(item.views), item.preprocess_ms, 1000.0 * (time.perf_counter() - t0))
@@ -168,13 +183,12 @@ class FramePipeline(object):
         if changed is not None:
             body = payloads.state(s.device_id, camera, changed, best.score, frame.captured, region=view.region)
         t2 = time.perf_counter()
-        if result is not None and self.outbox.put("result", self.topic(camera, view.region, topics.RESULT),
-                                                  payloads.encode(result), qos=1,
-                                                  captured=frame.captured) is not None:
-            self.results_committed += 1
+        if result is not None:
+            self.outbox.stage("result", self.topic(camera, view.region, topics.RESULT), payloads.encode(result),
+                              qos=1, captured=frame.captured)
         if body is not None:
-            self.outbox.put("state", self.topic(camera, view.region, topics.STATE), payloads.encode(body), qos=1,
-                            retain=True, captured=frame.captured)
+            self.outbox.stage("state", self.topic(camera, view.region, topics.STATE), payloads.encode(body), qos=1,
+                              retain=True, captured=frame.captured)
         t3 = time.perf_counter()
         second = float(np.partition(probs, -2)[-2]) if probs.size > 1 else 0.0
         self._maybe_sample(item, view, runner, best, second, threshold, accepted, topk, result)

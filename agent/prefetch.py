@@ -65,7 +65,7 @@ class Prefetch(SlotWorker):
             handed = self.handed
             if self._slot is not None:
                 return False
-        if not all(c.ended and not c.has_frame for c in self.captures):
+        if not all(c.ended and not c.ready for c in self.captures):
             return False
         return sum(c.taken for c in self.captures) == handed
 

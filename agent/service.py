@@ -294,11 +294,11 @@ class Agent(object):
         if item.generation != self._generation:  # prepared for the model before a swap
             item = self._prepare_again(item)
         try:
-            return p.pipeline.process(item)
+            return p.pipeline.process(item, more_waiting=lambda: p.prefetch.ready)
         except Exception as exc:
             if not p.rollout.on_inference_error(exc):
                 raise
-            return p.pipeline.process(self._prepare_again(item))
+            return p.pipeline.process(self._prepare_again(item), more_waiting=lambda: p.prefetch.ready)
 
     def _prepare_again(self, item: Prepared) -> Prepared:
         """The frame of ``item`` prepared for the model running now."""

@@ -44,6 +44,12 @@ class SlotWorker(object):
                 self._cond.notify_all()  # the slot is free
             return item
 
+    @property
+    def ready(self) -> bool:
+        """An item is waiting in the slot."""
+        with self._cond:
+            return self._slot is not None
+
     def poke(self) -> None:
         """Wake a ``take`` that is waiting: it returns None at once (the consumer has something else to look at)."""
         with self._cond:

@@ -277,12 +277,6 @@ class Capture(SlotWorker):
     def ended(self) -> bool:
         return self.state == "ended"
 
-    @property
-    def has_frame(self) -> bool:
-        """A frame is waiting in the slot."""
-        with self._cond:
-            return self._slot is not None
-
     def _put(self, frame: Any) -> None:
         with self._cond:
             if self.source.replay:  # a recording waits for the pipeline instead of replacing the frame it holds

@@ -61,7 +61,8 @@ class Score(_Part):
 
 class Latency(_Part):
     inference: float = Field(ge=0, description="ms in the runtime")
-    capture_to_commit: float = Field(description="ms from capture to the durable outbox commit")
+    capture_to_commit: float = Field(description="ms from capture to the result handed to the durable outbox "
+                                     "(committed at once; at the maximum frame rate within 50 ms, in a group)")
 
 
 class Result(_Payload):

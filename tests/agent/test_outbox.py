@@ -84,3 +84,63 @@ def test_outbox_dead_letters_after_max_attempts(tmp_path):
     assert ob.dead_letters() == [{"id": i, "kind": "result", "topic": "denied/topic", "attempts": 2,
                                   "reason": "Not authorized"}]
     assert ob.counters()["dead_result"] == 1
+
+
+# -- group commit --------------------------------------------------------------------------------------------------
+def test_staged_messages_commit_together_in_order_and_a_close_commits_what_is_left(tmp_path):
+    path = str(tmp_path / "o.db")
+    ob = Outbox(path)
+    woken = []
+    ob.on_put = lambda: woken.append(1)
+    ob.stage("result", "t/r", b"r1")
+    ob.stage("state", "t/st", b"s1", retain=True)
+    assert ob.staged == 2 and ob.pending(10) == [] and ob.bytes == 0 and woken == []  # not accepted yet
+    ids = ob.flush()
+    assert len(ids) == 2 and None not in ids and woken == [1] and ob.staged == 0 and ob.staged_age() == 0.0
+    assert [(r.topic, r.payload, r.retain) for r in ob.pending(10)] == [("t/r", b"r1", False), ("t/st", b"s1", True)]
+    assert ob.flush() == [] and woken == [1]  # nothing staged: no transaction, no wake-up
+    ob.stage("result", "t/r", b"r2")
+    sample = ob.put("sample", "t/p", b"p")  # a put commits what was staged before it, in the same transaction
+    rows = ob.pending(10)
+    assert [r.payload for r in rows] == [b"r1", b"s1", b"r2", b"p"] and rows[-1].id == sample
+    assert rows[2].id < sample and ob.committed == {"result": 2, "state": 1, "sample": 1}
+    ob.stage("result", "t/r", b"r3")
+    ob.close()  # a staged result is not left behind at a stop
+    ob = Outbox(path)
+    assert b"r3" in [r.payload for r in ob.pending(10)]
+    ob.close()
+
+
+def test_a_failed_group_commit_keeps_its_messages_staged(tmp_path, monkeypatch):
+    import pytest
+
+    ob = Outbox(str(tmp_path / "o.db"))
+    ob.stage("result", "t/r", b"r1")
+    ob.stage("result", "t/r", b"r2")
+    real = Outbox._insert
+
+    def failing(self, cur, m):
+        if m.payload == b"r2":
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self, cur, m)
+
+    monkeypatch.setattr(Outbox, "_insert", failing)
+    with pytest.raises(sqlite3.OperationalError):
+        ob.flush()
+    assert ob.pending(10) == [] and ob.staged == 2 and ob.bytes == 0  # r1 rolled back with the group
+    monkeypatch.setattr(Outbox, "_insert", real)
+    assert len(ob.flush()) == 2 and [r.payload for r in ob.pending(10)] == [b"r1", b"r2"]
+    with pytest.raises(KeyError):
+        ob.stage("bogus", "t", b"")  # an unknown kind fails where it is staged, not in someone else's commit
+    ob.close()
+
+
+def test_commit_due_groups_only_while_frames_wait_and_within_its_bounds():
+    from edgesight.agent.outbox import GROUP_DELAY, GROUP_ROWS, commit_due
+
+    assert not commit_due(0, 0.0, 0.0, False)  # nothing staged
+    assert commit_due(1, 0.0, 0.01, False)  # no frame waiting (below the maximum rate): commit at once
+    assert not commit_due(1, 0.0, 0.01, True)  # the next frame is ready and the group is young: wait for it
+    assert commit_due(GROUP_ROWS, 0.0, 0.001, True)  # full
+    assert commit_due(1, GROUP_DELAY - 0.01, 0.02, True)  # the next frame would take it past the delay
+    assert commit_due(1, 0.0, GROUP_DELAY, True)  # a slow model (a Pi at 10 fps) never holds a result back

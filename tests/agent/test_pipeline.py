@@ -73,6 +73,37 @@ def test_results_are_committed_with_the_documented_payload(example_ort, tmp_path
     assert telemetry.counts == {"seven": 5} and telemetry.classes["seven"]["count"] == 5
 
 
+def test_while_frames_wait_results_commit_in_groups_and_a_sample_commits_them_first(example_ort, tmp_path):
+    from edgesight.agent import outbox as outbox_module
+
+    pipe, outbox, telemetry, spec = make(example_ort, tmp_path, policy=SamplingPolicy(enabled=False))
+    pipe._frame_s = 0.0  # the look ahead (the last frame's time) is not what is tested here
+    outbox_module_delay = outbox_module.GROUP_DELAY
+    try:
+        outbox_module.GROUP_DELAY = 3600.0  # a slow test machine must not reach the delay: the row bound decides
+        items = list(frames("seven", 20, spec))
+        n = 0
+        while outbox.staged < outbox_module.GROUP_ROWS - 1:  # a result a frame, and the first frame's state
+            pipe.process(items[n], more_waiting=lambda: True)
+            pipe._frame_s, n = 0.0, n + 1
+        assert committed(outbox, "result") == [] and pipe.results_committed == 0
+        pipe.process(items[n], more_waiting=lambda: True)  # the group is full: one commit
+        assert len(committed(outbox, "result")) == n + 1 and outbox.staged == 0
+        pipe.process(items[n + 1], more_waiting=lambda: True)
+        assert outbox.staged == 1
+        asked = []  # whether a frame waits is asked after this frame's inference, when the answer is known
+        pipe.process(items[n + 2], more_waiting=lambda: asked.append(telemetry.processed) or False)
+        assert asked == [n + 3] and outbox.staged == 0 and pipe.results_committed == n + 3  # nothing waits: all in
+    finally:
+        outbox_module.GROUP_DELAY = outbox_module_delay
+    # an uncertain frame's sample is committed at once, after the results staged before it and its own result
+    pipe2, outbox2, _, spec = make(example_ort, tmp_path / "two", threshold=1.0)
+    for item in frames("three", 2, spec):
+        pipe2.process(item, more_waiting=lambda: True)
+    kinds = [r.kind for r in sorted(outbox2.pending(100), key=lambda r: r.id)]
+    assert kinds == ["result", "sample", "result", "sample"] and outbox2.staged == 0
+
+
 def test_thresholds_per_class_decide_accepted_and_uncertain_frames_become_samples(example_ort, tmp_path):
     pipe, outbox, telemetry, spec = make(example_ort, tmp_path, threshold=0.5, per_class={"three": 1.0})
     for item in frames("three", 4, spec):

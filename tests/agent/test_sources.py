@@ -193,7 +193,7 @@ def test_prefetch_round_robin_and_drained_at_the_end_of_every_camera():
             return None
 
         ended = property(lambda self: True)
-        has_frame = property(lambda self: bool(self.frames))
+        ready = property(lambda self: bool(self.frames))
 
     caps = [Queued("a", [1, 2, 3]), Queued("b", [11, 12, 13, 14, 15])]
     pre = Prefetch(caps, lambda camera, f: ({"": f.image[None]}, [])).start()
