@@ -29,7 +29,9 @@ class MqttLink(object):
         self.generation = 0  # bumped on every (re)connect: in-flight bookkeeping starts over
         self.connects = 0
         self.last_error: Optional[str] = None
-        self.kick = threading.Event()  # set on every ack: wakes the publisher
+        self.kick = threading.Event()  # wakes the publisher: a commit, a refusal, an ack while it waits for room
+        self.wake_on_ack = True  # the publisher clears it while its in-flight window has room (acks then wait for
+        # its next look, at most ACK_DELAY later, instead of waking it once per message)
         self.subscriptions: Dict[str, int] = {}  # topic -> QoS, (re)subscribed on every connect
         self.messages: "queue.Queue[Tuple[str, bytes]]" = queue.Queue(maxsize=64)  # read by the main loop
         self.on_message: Optional[Callable[[], None]] = None  # called after a message was queued (wakes that loop)
@@ -71,7 +73,8 @@ class MqttLink(object):
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         failed = bool(getattr(reason_code, "is_failure", False))
         self.acks.put((mid, 1 if failed else 0, str(reason_code) if failed else "", time.time()))
-        self.kick.set()
+        if failed or self.wake_on_ack:
+            self.kick.set()
 
     def _on_message(self, client, userdata, message) -> None:
         try:
@@ -165,6 +168,8 @@ class Publisher(object):
                 self.link.kick.wait(self._wait())
                 self.link.kick.clear()
                 self.step()
+                if len(self._inflight) < self.max_inflight:  # room left: acks wait for the next look
+                    self.link.wake_on_ack = False
             self._collect_acks()
             self._flush_acks(force=True)  # acknowledged rows left behind would be sent again at the next start
         except Exception as exc:  # e.g. the outbox's disk failed: fail loudly, the main loop stops the agent
@@ -172,10 +177,13 @@ class Publisher(object):
             self.failed = exc
 
     def _wait(self) -> float:
-        """Until the next look without a wake: acknowledged rows waiting to be deleted, else the idle poll."""
+        """Until the next look without a wake: acknowledged rows waiting to be deleted, messages in flight whose
+        acks do not wake this thread (``ACK_DELAY``), else the idle poll."""
+        if self.link.wake_on_ack and not self.link.acks.empty():  # a full window, and acks came before the flag
+            return 0.0
         if self._acked:
             return max(0.0, min(IDLE_POLL, self._acked_since + ACK_DELAY - time.monotonic()))
-        return IDLE_POLL
+        return ACK_DELAY if self._inflight else IDLE_POLL
 
     def step(self) -> None:
         self._collect_acks()
@@ -194,6 +202,8 @@ class Publisher(object):
             return
         busy = {row_id for row_id, _, _, _ in self._inflight.values()} | {a[0] for a in self._acked}
         for row in self.outbox.pending(room, exclude=busy):
+            if len(self._inflight) + 1 >= self.max_inflight:
+                self.link.wake_on_ack = True  # set before the message that fills the window: its ack wakes us
             try:
                 mid = self.link.publish(row.topic, row.payload, row.qos, row.retain)
             except (ValueError, TypeError, UnicodeError) as exc:  # paho refuses it for good (topic, size): a row

@@ -1,6 +1,6 @@
 """The publisher against a real mosquitto: acknowledged rows are deleted in groups (one delete per message cost the
 agent more CPU than the rest of publishing it), none is left behind at a stop or sent twice, and it sleeps until a
-committed row or an ack wakes it instead of polling the outbox 20 times a second."""
+commit (or, with a full in-flight window, an ack) wakes it instead of polling the outbox 20 times a second."""
 import json
 import time
 
@@ -57,7 +57,8 @@ def test_a_stop_deletes_what_was_acknowledged(broker, parts, monkeypatch):
     pub.start()
     for n in range(3):
         outbox.put("result", "edgesight/pub1/cam/result", json.dumps({"n": n}).encode())
-    wait_until(lambda: pub.published == 3 and pub.inflight() == 0, timeout=15.0)  # all three acknowledged
+    # all three acknowledged by the broker: collected by the publisher, or queued for its next look
+    wait_until(lambda: pub.published == 3 and len(pub._acked) + link.acks.qsize() == 3, timeout=15.0)
     assert outbox.depth() == 3 and not deletes
     pub.stop()
     assert outbox.depth() == 0 and deletes == [3]  # not sent again at the next start
@@ -84,3 +85,35 @@ def test_an_idle_publisher_sleeps(broker, parts):
     pub.start()
     time.sleep(2.5)
     assert len(steps) <= 5, len(steps)  # 50 with the 50 ms poll it had
+
+
+def test_acks_wake_the_publisher_only_while_its_window_is_full(broker, parts, monkeypatch):
+    """An ack per message used to wake the publisher once more per message; with room in the window the acks wait
+    for its next look (a commit, or ACK_DELAY later), and only a full window, which cannot publish until an ack
+    frees a place, or a refusal wakes it."""
+    monkeypatch.setattr(agent_mqtt, "IDLE_POLL", 60.0)
+    outbox, link, pub, deletes = parts
+    steps = []
+    real = pub.step
+    pub.step = lambda: steps.append(time.monotonic()) or real()
+    pub.start()
+    time.sleep(0.3)
+    n0 = len(steps)
+    outbox.put("result", "edgesight/pub1/cam/result", b'{"n": 1}')
+    wait_until(lambda: outbox.depth() == 0, timeout=10.0)  # collected at the ACK_DELAY look, then deleted
+    assert not link.wake_on_ack and len(steps) - n0 <= 4, steps  # the commit, the ack look, the delete
+    link.wake_on_ack = False
+    link.kick.clear()
+    link._on_publish(None, None, 12345, None, None)  # a success with room in the window: no wake-up
+    assert not link.kick.is_set()
+
+    class Refused(object):
+        is_failure = True
+
+    link._on_publish(None, None, 12346, Refused(), None)  # a refusal is recorded at once
+    assert link.kick.is_set()
+    monkeypatch.setattr(agent_mqtt, "ACK_DELAY", 60.0)  # from here only a wake-up makes the publisher look again
+    pub.max_inflight = 1  # a window of one: the second row waits for the first one's ack, which must wake it
+    outbox.stage("result", "edgesight/pub1/cam/result", b'{"n": 2}')
+    outbox.put("result", "edgesight/pub1/cam/result", b'{"n": 3}')
+    wait_until(lambda: pub.published == 3, timeout=10.0)
