@@ -156,7 +156,14 @@ class RuntimeOptions(_Strict):
     tensorrt: Optional[TensorRTConfig] = None
 
     def for_runtime(self, name: str) -> Optional[BaseModel]:
-        return getattr(self, name, None)
+        """The options the agent opens ``name`` with. ONNX Runtime's worker threads do not spin-wait between runs
+        here unless ``spinning: true`` is given: the agent's own threads need the cores, and with a paced camera
+        spinning workers burnt 3x the CPU (45.7 against 14.6 ms a frame at 30 fps, 2 threads; at the maximum rate
+        19.4-20.4 against 16.3 ms and fewer frames a second; docs/benchmarks.md)."""
+        cfg = getattr(self, name, None)
+        if name == "onnxruntime" and (cfg is None or "spinning" not in cfg.model_fields_set):
+            cfg = (cfg or OnnxRuntimeConfig()).model_copy(update={"spinning": False})
+        return cfg
 
 
 def _option_names(name: str) -> List[str]:

@@ -88,6 +88,13 @@ def test_runtime_options_per_runtime_and_flat(tmp_path):
     cfg = load_config(str(p))
     assert cfg.runtime_options.onnxruntime.threads == cfg.runtime_options.tflite.threads == 2
     assert cfg.runtime_options.tensorrt is None  # TensorRT has no threads option: it gets its defaults
+    # the agent's ONNX Runtime workers do not spin-wait unless asked to (3x the CPU at a paced camera)
+    ort = cfg.runtime_options.for_runtime("onnxruntime")
+    assert ort.threads == 2 and ort.spinning is False
+    p.write_text(BASE + "runtime_options: {onnxruntime: {spinning: true}}\n")
+    assert load_config(str(p)).runtime_options.for_runtime("onnxruntime").spinning is True
+    p.write_text(BASE)
+    assert load_config(str(p)).runtime_options.for_runtime("onnxruntime").spinning is False
 
 
 def test_relative_paths_resolve_against_the_config_folder_from_anywhere(tmp_path):

@@ -249,3 +249,19 @@ def test_softmax_and_top_k():
     assert preds[0].score == pytest.approx(0.6)
     with pytest.raises(ValueError):
         top_k(np.array([0.1]), ["a", "b"])
+
+
+def test_onnxruntime_spinning_off_reaches_the_session(pkg, batch):
+    """``spinning: false`` (the agent's default) must reach ONNX Runtime, not only the config: its workers
+    spin-waiting burnt 3x the CPU at a paced camera."""
+    from edgesight.runtimes.ort_backend import OnnxRuntimeConfig
+
+    quiet = pkg.open_runtime("onnxruntime", config=OnnxRuntimeConfig(threads=2, spinning=False))
+    opts = quiet._session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.intra_op_num_threads == 2
+    spinning = pkg.open_runtime("onnxruntime", config=OnnxRuntimeConfig(threads=2))
+    out = quiet.outputs[0].name
+    np.testing.assert_allclose(quiet.infer(batch)[out], spinning.infer(batch)[out], rtol=1e-5, atol=1e-6)
+    quiet.close()
+    spinning.close()
