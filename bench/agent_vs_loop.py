@@ -2,13 +2,14 @@
 
     python bench/agent_vs_loop.py [--short 150] [--long 450] [--repeats 2] [--threads 1,2]
 
-The hand-written loop (``--hand``, run as its own process): read and decode the next image, edgesight's
-preprocess, InferenceSession.run, softmax and top-3, json, paho publish QoS 1 (no durability, no threads of its
-own but paho's). The agent: `edgesight agent --max-frames N` with an image-folder camera, samples off, the real
-outbox. Model: the MobileNetV2-class FP32 ONNX of bench/mobilenetv2.py (224x224), ONNX Runtime; frames: 640x480
-JPEGs. Each side runs N_short and N_long frames as a fresh process; CPU per frame = (CPU(N_long) - CPU(N_short)) /
-(N_long - N_short), user + system of the whole process from wait4, so start-up cancels out; frame rate the same
-way from wall time. Camera paced at 30 fps, and as fast as possible; first, the agent's CPU per second when idle.
+The hand-written loop (``--hand``, run as its own process): read and decode the next image, edgesight's preprocess,
+InferenceSession.run, softmax and top-3, json, paho publish QoS 1 (no durability, no threads of its own but paho's;
+ONNX Runtime's defaults, so its workers spin-wait). The agent: `edgesight agent --max-frames N` with an image-folder
+camera, samples off, the real outbox, its own defaults (ONNX Runtime workers that do not spin). Model: the
+MobileNetV2-class FP32 ONNX of bench/mobilenetv2.py (224x224), ONNX Runtime; frames: 640x480 JPEGs. Each side runs
+N_short and N_long frames as a fresh process; CPU per frame = (CPU(N_long) - CPU(N_short)) / (N_long - N_short),
+user + system of the whole process from wait4, so start-up cancels out; frame rate the same way from wall time.
+Camera paced at 30 fps, and as fast as possible; first, the agent's CPU per second when idle.
 Targets (issue 18): CPU per frame <= 1.10x the loop at 30 fps and at the maximum rate, 1 and 2 threads; throughput
 >= 1.2x the loop with threads = cores - 1.
 """
