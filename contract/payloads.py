@@ -197,8 +197,10 @@ class Stats(_Payload):
     capture_to_ack_ms: Percentiles = Field(description="capture to the broker's PUBACK")
     stages_ms: Dict[str, Percentiles] = Field(
         default_factory=dict, max_length=16, description="where a frame's time goes: decode, preprocess, inference, "
-                                                         "postprocess, commit (durable outbox), publish (commit to "
-                                                         "handed to the MQTT connection)")
+                                                         "postprocess, commit (durable outbox; at the maximum "
+                                                         "frame rate frames share a group commit, so most show only "
+                                                         "the hand-over), publish (commit to handed to the MQTT "
+                                                         "connection)")
     dropped_frames: Count = Field(description="frames dropped as stale, all cameras")
     cameras: Dict[str, CameraStats] = Field(description="per camera")
     regions: Dict[str, Optional[Annotated[str, Field(max_length=500)]]] = Field(
