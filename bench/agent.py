@@ -163,7 +163,7 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=2.0, help="seconds per window")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="edgesight-bench-agent-")
-    broker = Broker(os.path.join(work, "broker"), save_every_change=False).start()
+    broker = Broker(os.path.join(work, "broker"), save_every_change=False, extra_conf="set_tcp_nodelay true").start()
     try:
         model = mobilenetv2.build(os.path.join(work, "mobilenetv2.fp32.onnx"))
         spec = PreprocessSpec(size=(224, 224), resize="letterbox", color="rgb", mean=(0.485, 0.456, 0.406),
