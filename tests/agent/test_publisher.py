@@ -32,6 +32,14 @@ def parts(broker, tmp_path):
     outbox.close()
 
 
+def count_steps(pub):
+    """The times of the publisher's looks at the outbox, from now on (each still runs)."""
+    steps = []
+    real = pub.step
+    pub.step = lambda: steps.append(time.monotonic()) or real()
+    return steps
+
+
 def results(sub):
     with sub.lock:
         return [json.loads(p)["n"] for t, p, _ in sub.messages if t.endswith("/result")]
@@ -74,14 +82,12 @@ def test_a_committed_row_wakes_the_publisher(broker, parts, monkeypatch):
     time.sleep(0.3)  # asleep
     outbox.put("result", "edgesight/pub1/cam/result", b'{"n": 7}')
     wait_until(lambda: results(sub) == [7], timeout=10.0)
-    wait_until(lambda: outbox.depth() == 0, timeout=10.0)  # the ack woke it, the delay ran out: deleted
+    wait_until(lambda: outbox.depth() == 0, timeout=10.0)  # the ack collected at the next look, then deleted
 
 
 def test_an_idle_publisher_sleeps(broker, parts):
     outbox, link, pub, deletes = parts
-    steps = []
-    real = pub.step
-    pub.step = lambda: steps.append(time.monotonic()) or real()
+    steps = count_steps(pub)
     pub.start()
     time.sleep(2.5)
     assert len(steps) <= 5, len(steps)  # 50 with the 50 ms poll it had
@@ -93,9 +99,7 @@ def test_acks_wake_the_publisher_only_while_its_window_is_full(broker, parts, mo
     frees a place, or a refusal wakes it."""
     monkeypatch.setattr(agent_mqtt, "IDLE_POLL", 60.0)
     outbox, link, pub, deletes = parts
-    steps = []
-    real = pub.step
-    pub.step = lambda: steps.append(time.monotonic()) or real()
+    steps = count_steps(pub)
     pub.start()
     time.sleep(0.3)
     n0 = len(steps)
