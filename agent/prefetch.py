@@ -14,7 +14,8 @@ import numpy as np
 
 from .regions import View
 from .slot import SlotWorker
-from .sources import Capture, Frame
+from .capture import Capture
+from .sources import Frame
 
 log = logging.getLogger(__name__)
 IDLE_POLL = 0.5  # s: a safety net only; the captures' listener and take() wake this thread

@@ -33,7 +33,8 @@ from .regions import MAIN, Preparer, RegionProblems
 from .rollout import Rollout
 from .shadow import Outcome
 from .sdnotify import Notifier
-from .sources import Capture, make_source
+from .capture import Capture
+from .sources import make_source
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)

@@ -1,27 +1,24 @@
-"""Frame sources and the capture thread that keeps only the latest frame.
-
-A source opens, reads frames, and closes; ``read`` returns None at the end of a file/folder (without ``loop``) and
-raises :class:`SourceLost` when the device or stream goes away. :class:`Capture` runs one source in a thread: it
-caps the rate at ``fps``, keeps only the latest frame (a slot, never a queue: a frame the pipeline did not take in
-time is dropped and counted), and reopens a lost source with capped exponential backoff, reporting its state.
+"""Frame sources: a source opens, grabs frames, decodes them, and closes; ``grab`` returns None at the end of a file
+or folder (without ``loop``) and raises :class:`SourceLost` when the device or stream goes away. The capture thread
+that runs one (``agent/capture.py``) never decodes.
 
 Decode on demand: a live OpenCV source (camera, stream, GStreamer) only ``grab``s in the capture thread, which keeps
-its buffer fresh without decoding, and the frame the pipeline takes is decoded then (``retrieve``), in the taking
-thread. A frame replaced before it was taken was never decoded. Recordings (folder, video file) wait for the
-pipeline, so every frame they read is taken and decoded once either way.
+its buffer fresh, and the frame the pipeline takes is decoded then (``retrieve``), in the taking thread: a frame
+replaced before it was taken was never decoded. A recording (folder, video file) waits for the pipeline to take and
+decode a frame before it grabs the next one, so every frame is processed, in order, and is read and decoded once,
+by the thread that preprocesses it (no decoded image crosses threads).
 """
 import logging
 import os
 import threading
 import time
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 
 import numpy as np
 
 from ..calibration.images import list_images, load_image
-from ..errors import ConfigError, ImageError, MissingDependencyError, require_module
+from ..errors import ConfigError, ImageError, require_module
 from .cameras import SourceConfig
-from .slot import SlotWorker
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +32,11 @@ class Frame(NamedTuple):
 
 
 class Grabbed(NamedTuple):
-    """A frame a live source holds but has not decoded yet (``Source.decode`` makes it a Frame)."""
+    """A frame a source holds but has not decoded yet (``Source.decode`` makes it a Frame)."""
 
     captured: float
     seq: int
+    ref: Any = None  # what the source needs to decode it (a folder: the file)
 
 
 class SourceLost(Exception):
@@ -72,8 +70,8 @@ class Source(object):
         raise NotImplementedError
 
     def grab(self) -> Optional[Any]:
-        """What the capture thread keeps in its slot: a decoded Frame, or for a live source that decodes on demand
-        a :class:`Grabbed`. None at the end of the input."""
+        """What the capture thread keeps in its slot: a :class:`Grabbed` that ``decode`` turns into a Frame in the
+        thread that takes it (the default: a Frame ``read`` decoded already). None at the end of the input."""
         return self.read()
 
     def decode(self, item: Any) -> Optional[Frame]:
@@ -95,35 +93,63 @@ class FolderSource(Source):
         self._files: List[str] = []
         self._i = 0
         self._seq = 0
+        self._failures = 0  # images in a row that did not decode (counted by the taking thread)
+        self._last_error = ""
 
     def open(self) -> None:
         if not os.path.isdir(self.path):
             raise SourceLost("image folder %s does not exist" % self.path)
-        self._files = [p for p, _ in list_images(self.path)]
-        if not self._files:
+        files = [p for p, _ in list_images(self.path)]
+        if not files:
             raise SourceLost("image folder %s has no images" % self.path)
-        self._i = 0
+        if self._files and self._failures >= len(self._files) and not any(_readable(p) for p in files):
+            # the last pass read none: reopening is a failure too (the capture thread backs off), until one reads
+            raise SourceLost("no readable image in %s (%s)" % (self.path, self._last_error))
+        self._files, self._i, self._failures = files, 0, 0
+
+    def grab(self) -> Optional[Grabbed]:
+        """The next file, not read yet: the thread that takes it reads and decodes it (``decode``)."""
+        if self._files and self._failures >= len(self._files):
+            raise SourceLost("no readable image in %s (%s)" % (self.path, self._last_error))
+        if self._i >= len(self._files):
+            if not self.loop:
+                return None
+            self.open()  # list the folder again: it may have been emptied (SourceLost) or refilled
+        path = self._files[self._i]
+        self._i += 1
+        self._seq += 1
+        return Grabbed(time.time(), self._seq, path)
+
+    def decode(self, item: Any) -> Optional[Frame]:
+        """The image of a grabbed file; None (the frame is dropped) when it cannot be read: a folder where none can
+        be fails its next ``grab`` with SourceLost, and the capture thread reopens it with backoff."""
+        t0 = time.perf_counter()
+        try:
+            img = load_image(item.ref)
+        except ImageError as exc:
+            self._failures += 1
+            self._last_error = exc.message
+            log.warning("skipping %s", exc)
+            return None
+        self._failures = 0
+        return Frame(img, "rgb", item.captured, item.seq, 1000.0 * (time.perf_counter() - t0))
 
     def read(self) -> Optional[Frame]:
-        failures = 0
-        while True:
-            if self._i >= len(self._files):
-                if not self.loop:
-                    return None
-                self.open()  # list the folder again: it may have been emptied (SourceLost) or refilled
-            path = self._files[self._i]
-            self._i += 1
-            t0 = time.perf_counter()
-            try:
-                img = load_image(path)
-            except ImageError as exc:
-                failures += 1
-                if failures >= max(1, len(self._files)):
-                    raise SourceLost("no readable image in %s (%s)" % (self.path, exc.message))
-                log.warning("skipping %s", exc)
-                continue
-            self._seq += 1
-            return Frame(img, "rgb", time.time(), self._seq, 1000.0 * (time.perf_counter() - t0))
+        while True:  # grab and decode in one (edgesight doctor), skipping unreadable images
+            item = self.grab()
+            if item is None:
+                return None
+            frame = self.decode(item)
+            if frame is not None:
+                return frame
+
+
+def _readable(path: str) -> bool:
+    try:
+        load_image(path)
+        return True
+    except ImageError:
+        return False
 
 
 class OpenCVSource(Source):
@@ -136,7 +162,7 @@ class OpenCVSource(Source):
         self.width, self.height = width, height
         self._cap = None
         self._seq = 0
-        self.grabbed = 0  # frames grabbed from a live source
+        self.grabbed = 0  # frames grabbed
         self.decoded = 0  # of those, decoded (the ones the pipeline took)
         self._lock = threading.Lock()  # grab (capture thread) and retrieve (taking thread) on one VideoCapture
         self._last: Optional[Grabbed] = None
@@ -175,12 +201,16 @@ class OpenCVSource(Source):
         return Frame(img, "bgr", time.time(), self._seq, 1000.0 * (time.perf_counter() - t0))
 
     def grab(self) -> Optional[Any]:
-        if self.replay:  # a video file: every frame is taken, read and decode it here
-            return self.read()
         with self._lock:
             if self._cap is None:
                 raise SourceLost("%s not open" % self.kind)
-            if not self._cap.grab():
+            ok = self._cap.grab()
+            if not ok and self.kind == "video":  # the end of a video file
+                if not self.loop:
+                    return None
+                self._cap.set(_cv2().CAP_PROP_POS_FRAMES, 0)
+                ok = self._cap.grab()
+            if not ok:
                 raise SourceLost("%s %s stopped delivering frames" % (self.kind, self.target))
             self._seq += 1
             self.grabbed += 1
@@ -231,121 +261,3 @@ def make_source(cfg: SourceConfig) -> Source:
         return OpenCVSource(pi_libcamera_pipeline(cfg.width or 1280, cfg.height or 720, cfg.fps), "pi_libcamera",
                             api="gstreamer")
     raise ConfigError("unknown source type %r" % cfg.type, field="cameras.source.type")
-
-
-def next_due(due: float, now: float, period: float) -> float:
-    """When the next frame is due: one ``period`` after the last one was due, on a fixed schedule, so a late
-    wake-up (a busy interpreter, a loaded host) does not slow a camera below its ``fps``; a source or pipeline that
-    fell more than a period behind starts a new schedule at ``now`` instead of catching up in a burst."""
-    due += period
-    return now if due < now - period else due
-
-
-class Capture(SlotWorker):
-    """One camera's capture thread with a latest-frame slot; ``take`` gives the latest Frame not yet taken. A live
-    camera replaces a frame the pipeline has not taken (dropped, counted); a replay (``Source.replay``) waits."""
-
-    def __init__(self, name: str, source: Source, fps: float, reconnect_min: float = 0.5,
-                 reconnect_max: float = 30.0) -> None:
-        super().__init__("capture-%s" % name)
-        self.name, self.source = name, source
-        self.period = 1.0 / fps
-        self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
-        self.state = "starting"  # starting | online | reconnecting | ended | stopped
-        self.captured = 0
-        self.dropped = 0  # frames replaced in the slot before the pipeline took them
-        self.taken = 0  # frames the pipeline took
-        self.reconnects = 0
-        self.last_error: Optional[str] = None
-
-    def _taken(self, item: Any) -> None:
-        self.taken += 1
-
-    def take(self, timeout: float) -> Optional[Frame]:
-        """The latest frame not yet taken, decoded now: a live source decodes only the frames that are taken."""
-        item = super().take(timeout)
-        if item is None:
-            return None
-        frame = self.source.decode(item)
-        if frame is None:  # grabbed but not decodable: a dropped frame, not one handed on
-            with self._cond:
-                self.taken -= 1
-                self.dropped += 1
-        return frame
-
-    @property
-    def ended(self) -> bool:
-        return self.state == "ended"
-
-    def _put(self, frame: Any) -> None:
-        with self._cond:
-            if self.source.replay:  # a recording waits for the pipeline instead of replacing the frame it holds
-                while self._slot is not None and not self._stop.is_set():
-                    self._cond.wait(0.5)
-            if self._slot is not None:
-                self.dropped += 1  # a live camera's stale frame: never processed
-            self._slot = frame
-            self.captured += 1
-            self._cond.notify_all()
-        self._tell()
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except Exception as exc:  # not a known transient error: fail loudly, the main loop stops the agent
-            log.exception("camera %s capture thread failed", self.name)
-            self.failed, self.state, self.last_error = exc, "failed", "%s: %s" % (type(exc).__name__, exc)
-            with self._cond:
-                self._cond.notify_all()
-            self._tell()
-
-    def _loop(self) -> None:
-        delay, due = self.reconnect_min, 0.0
-        opened = False
-        while not self._stop.is_set():
-            if not opened:
-                try:
-                    self.source.open()
-                    opened, delay = True, self.reconnect_min
-                    if self.state == "reconnecting":
-                        log.info("camera %s is back", self.name)
-                    self.state = "online"
-                    due = time.monotonic()  # frames at ``fps`` on a fixed schedule: a late wake-up does not slow it
-                except (SourceLost, MissingDependencyError, ConfigError) as exc:
-                    self.last_error = str(exc)
-                    if isinstance(exc, (MissingDependencyError, ConfigError)):
-                        log.error("camera %s cannot start: %s", self.name, exc)
-                        self.state = "ended"
-                        return
-                    self.state = "reconnecting"
-                    log.warning("camera %s: %s; retrying in %.1f s", self.name, exc, delay)
-                    self._stop.wait(delay)
-                    delay = min(self.reconnect_max, delay * 2)
-                    self.reconnects += 1
-                    continue
-            try:
-                frame = self.source.grab()
-            except SourceLost as exc:
-                self.last_error = str(exc)
-                self.state = "reconnecting"
-                log.warning("camera %s lost: %s", self.name, exc)
-                self.source.close()
-                opened = False
-                continue
-            if frame is None:
-                self.state = "ended"
-                log.info("camera %s: end of input", self.name)
-                break
-            self._put(frame)
-            due = next_due(due, time.monotonic(), self.period)
-            self._stop.wait(max(0.0, due - time.monotonic()))
-        self.source.close()
-        if self.state != "ended":
-            self.state = "stopped"
-        with self._cond:
-            self._cond.notify_all()
-        self._tell()
-
-    def stats(self) -> Dict[str, Any]:
-        return {"state": self.state, "captured": self.captured, "dropped": self.dropped,
-                "reconnects": self.reconnects, "last_error": self.last_error}

@@ -8,7 +8,8 @@ def test_capture_thread_failure_is_reported_and_stops_the_agent():
     import time
 
     from edgesight.agent.service import Agent
-    from edgesight.agent.sources import Capture, Source
+    from edgesight.agent.capture import Capture
+    from edgesight.agent.sources import Source
     from edgesight.errors import InferenceError
 
     class Broken(Source):
@@ -34,7 +35,8 @@ def test_capture_thread_failure_is_reported_and_stops_the_agent():
 def test_capture_latest_frame_slot_drops_stale_frames():
     import time
 
-    from edgesight.agent.sources import Capture, Frame, Source
+    from edgesight.agent.capture import Capture
+    from edgesight.agent.sources import Frame, Source
 
     class Counter(Source):
         n = 0
@@ -90,7 +92,7 @@ def test_prefetch_prepares_the_latest_frame_only_after_the_last_one_was_taken():
     import time
 
     from edgesight.agent.prefetch import Prefetch
-    from edgesight.agent.sources import Capture
+    from edgesight.agent.capture import Capture
 
     prepared = []
 
@@ -130,7 +132,7 @@ def test_an_idle_preprocessing_stage_sleeps_until_a_camera_has_a_frame(monkeypat
 
     from edgesight.agent import prefetch as prefetch_mod
     from edgesight.agent.prefetch import Prefetch
-    from edgesight.agent.sources import Capture
+    from edgesight.agent.capture import Capture
 
     monkeypatch.setattr(prefetch_mod, "IDLE_POLL", 60.0)
     caps = [Capture("c%d" % i, Numbered(100000), fps=4).start() for i in range(cameras)]
@@ -212,7 +214,7 @@ def test_prefetch_round_robin_and_drained_at_the_end_of_every_camera():
 def test_prefetch_failure_is_reported_and_stops_the_agent():
     from edgesight.agent.prefetch import Prefetch
     from edgesight.agent.service import Agent
-    from edgesight.agent.sources import Capture
+    from edgesight.agent.capture import Capture
     from edgesight.errors import InferenceError
 
     def prepare(camera, frame):
@@ -251,7 +253,8 @@ def test_a_replay_waits_for_a_slow_pipeline_instead_of_dropping_frames(tmp_path)
 
     from PIL import Image
 
-    from edgesight.agent.sources import Capture, FolderSource
+    from edgesight.agent.capture import Capture
+    from edgesight.agent.sources import FolderSource
 
     for i in range(8):
         Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(str(tmp_path / ("f%02d.png" % i)))
@@ -280,13 +283,115 @@ def _numbered_video(path, n=900, size=(240, 320)):
     return str(path)
 
 
+def test_a_folder_is_read_and_decoded_by_the_thread_that_takes_the_frame(tmp_path, monkeypatch):
+    """The capture thread of a folder only picks the next file: the taking thread (the preprocessing stage) reads
+    and decodes it, so no decoded image crosses threads; frames keep their order, sequence and capture time."""
+    import threading
+    import time
+
+    from PIL import Image
+
+    from edgesight.agent import sources
+    from edgesight.agent.capture import Capture
+    from edgesight.agent.sources import FolderSource
+
+    for i in range(6):
+        Image.fromarray(np.full((4, 4, 3), 10 * i, np.uint8)).save(str(tmp_path / ("f%02d.png" % i)))
+    decoders = []
+    real = sources.load_image
+
+    def load_image(path):
+        decoders.append(threading.current_thread().name)
+        return real(path)
+
+    monkeypatch.setattr(sources, "load_image", load_image)
+    cap = Capture("rec", FolderSource(str(tmp_path), loop=False), fps=500).start()
+    frames = []
+    try:
+        while len(frames) < 6:
+            frame = cap.take(timeout=5)
+            assert frame is not None and frame.decode_ms > 0 and frame.captured <= time.time()
+            frames.append(frame)
+    finally:
+        cap.stop()
+    assert decoders == [threading.current_thread().name] * 6
+    assert [f.seq for f in frames] == list(range(1, 7))
+    assert [int(f.image[0, 0, 0]) for f in frames] == [10 * i for i in range(6)]
+
+
+def test_a_folder_skips_an_unreadable_image_and_reconnects_when_none_is_readable(tmp_path):
+    import time
+
+    from PIL import Image
+
+    from edgesight.agent.capture import Capture
+    from edgesight.agent.sources import FolderSource
+
+    for i in range(3):
+        Image.fromarray(np.full((4, 4, 3), 50 * i, np.uint8)).save(str(tmp_path / ("f%02d.png" % i)))
+    (tmp_path / "f01.png").write_bytes(b"not an image")
+    cap = Capture("rec", FolderSource(str(tmp_path), loop=False), fps=500).start()
+    frames = []
+    try:
+        end = time.time() + 10
+        while not (cap.ended and not cap.ready) and time.time() < end:
+            frame = cap.take(timeout=0.1)  # None for the unreadable one
+            if frame is not None:
+                frames.append(frame)
+    finally:
+        cap.stop()
+    assert [(f.seq, int(f.image[0, 0, 0])) for f in frames] == [(1, 0), (3, 100)]
+    assert cap.dropped == 1 and cap.taken == 2  # the unreadable one: dropped, not handed on
+
+    for i in range(3):
+        (tmp_path / ("f%02d.png" % i)).write_bytes(b"garbage")
+    cap = Capture("rec", FolderSource(str(tmp_path), loop=True), fps=500, reconnect_min=0.05,
+                  reconnect_max=0.2).start()
+    try:
+        end = time.time() + 10
+        while cap.reconnects < 2 and time.time() < end:  # reopening fails too: it backs off, no busy loop
+            assert cap.take(timeout=0.05) is None
+        assert cap.state == "reconnecting" and "no readable image in %s" % tmp_path in cap.last_error
+        Image.fromarray(np.full((4, 4, 3), 7, np.uint8)).save(str(tmp_path / "f03.png"))
+        frame = None
+        while frame is None and time.time() < end:  # an image that reads again: back online
+            frame = cap.take(timeout=0.05)
+    finally:
+        cap.stop()
+    assert cap.reconnects >= 2 and frame is not None and int(frame.image[0, 0, 0]) == 7
+
+
+def test_a_video_file_is_replayed_whole_and_in_order_however_fast_it_is_taken(tmp_path):
+    """A video file grabs in the capture thread and decodes in the taking one; the next grab waits for that decode,
+    so at the maximum rate no frame is skipped or decoded as another's."""
+    from edgesight.agent.capture import Capture
+    from edgesight.agent.sources import OpenCVSource
+
+    src = OpenCVSource(_numbered_video(tmp_path / "v.avi", n=120), "video", loop=False)
+    assert src.replay
+    cap = Capture("rec", src, fps=10000).start()
+    taken = []
+    try:
+        while True:
+            f = cap.take(timeout=5)
+            if f is None:
+                break
+            taken.append(f)
+    finally:
+        cap.stop()
+    assert [f.seq for f in taken] == list(range(1, 121)) and cap.dropped == 0 and cap.ended
+    for f in taken:
+        assert abs(float(f.image.mean()) - (20 + (f.seq - 1) % 200)) < 3, f.seq
+
+
 def test_a_live_source_decodes_only_the_frames_the_pipeline_takes(tmp_path):
     """A live OpenCV source (here a real VideoCapture on a file, read as a stream: no waiting) grabs at its rate in
     the capture thread and decodes only the frame that is taken; that frame is the latest one grabbed, with its own
     sequence number and capture time."""
     import time
 
-    from edgesight.agent.sources import Capture, OpenCVSource
+    from edgesight.agent.capture import Capture
+    from edgesight.agent.sources import OpenCVSource
 
     src = OpenCVSource(_numbered_video(tmp_path / "v.avi"), "url")
     assert not src.replay
@@ -314,7 +419,7 @@ def test_a_live_source_decodes_only_the_frames_the_pipeline_takes(tmp_path):
 
 
 def test_frames_are_due_on_a_fixed_schedule_and_a_late_source_does_not_burst():
-    from edgesight.agent.sources import next_due
+    from edgesight.agent.capture import next_due
 
     period = 1.0 / 30
     due, now = 100.0, 100.0
