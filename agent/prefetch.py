@@ -14,11 +14,24 @@ import numpy as np
 
 from .regions import View
 from .slot import SlotWorker
+from ..calibration.images import optional_cv2
 from .capture import Capture
 from .sources import Frame
 
 log = logging.getLogger(__name__)
 IDLE_POLL = 0.5  # s: a safety net only; the captures' listener and take() wake this thread
+
+
+def opencv_in_calling_thread() -> bool:
+    """Make OpenCV run its kernels (the resize of preprocessing, a camera's colour conversion) in the calling thread
+    instead of its pool of one thread per core: this stage already overlaps preprocessing with inference, and the
+    pool's threads spin-wait after every call, which cost the agent about 1 ms of CPU a frame at 30 fps on 2 cores
+    (docs/benchmarks.md). Process-wide, so the agent calls it, not the library. False without OpenCV."""
+    cv2 = optional_cv2()
+    if cv2 is None:
+        return False
+    cv2.setNumThreads(1)
+    return True
 
 
 class Prepared(NamedTuple):

@@ -22,18 +22,18 @@ from ..errors import EdgesightError, InferenceError
 from ..runtimes.base import Runtime
 from ..runtimes.package import Choice, ModelPackage
 from . import home_assistant
+from .capture import Capture
 from .config import AgentConfig, models_dir, read_password
 from .modelstore import ModelStore, Version
 from .mqtt import MqttLink, Publisher
 from .outbox import Outbox
 from .pipeline import FramePipeline, ModelView, Runner, Settings, predict
 from .policy import PolicyManager
-from .prefetch import Prefetch, Prepared
+from .prefetch import Prefetch, Prepared, opencv_in_calling_thread
 from .regions import MAIN, Preparer, RegionProblems
 from .rollout import Rollout
 from .shadow import Outcome
 from .sdnotify import Notifier
-from .capture import Capture
 from .sources import make_source
 from .telemetry import Telemetry
 
@@ -223,6 +223,7 @@ class Agent(object):
         policy.report("applied")
         announce = self._home_assistant(outbox)
         announce(cur)
+        opencv_in_calling_thread()
         prefetch = Prefetch(caps, self._prepare(cur))
         link.on_message = prefetch.poke  # a message wakes the main loop, which waits on the prefetch slot
 

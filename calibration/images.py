@@ -26,7 +26,7 @@ MAX_PIXELS = 100_000_000
 
 
 @functools.lru_cache(maxsize=None)
-def _cv2_module() -> Any:
+def optional_cv2() -> Any:
     """OpenCV, or None when it is not installed (looked up once)."""
     try:
         import cv2
@@ -37,7 +37,7 @@ def _cv2_module() -> Any:
 
 def _cv2_jpeg(path: str) -> Optional[np.ndarray]:
     """The OpenCV decode of a JPEG as HxWx3 uint8 RGB, or None when OpenCV is not installed or cannot read it."""
-    cv2 = _cv2_module()
+    cv2 = optional_cv2()
     if cv2 is None:
         return None
     rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV 4.10+: libjpeg writes RGB, no conversion pass

