@@ -12,10 +12,10 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .regions import View
-from .slot import SlotWorker
 from ..calibration.images import optional_cv2
 from .capture import Capture
+from .regions import View
+from .slot import SlotWorker
 from .sources import Frame
 
 log = logging.getLogger(__name__)

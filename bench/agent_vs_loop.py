@@ -6,10 +6,10 @@ The hand-written loop (``--hand``, run as its own process): read and decode the 
 InferenceSession.run, softmax and top-3, json, paho publish QoS 1 (no durability, no threads of its own but paho's;
 ONNX Runtime's defaults, so its workers spin-wait; OpenCV in the calling thread, as in the agent). The agent:
 `edgesight agent --max-frames N` with an image-folder camera, samples off, the real outbox, its own defaults (ONNX
-Runtime workers that do not spin). Model: the
-MobileNetV2-class FP32 ONNX of bench/mobilenetv2.py (224x224), ONNX Runtime; frames: 640x480 JPEGs. Each side runs
-N_short and N_long frames as a fresh process; CPU per frame = (CPU(N_long) - CPU(N_short)) / (N_long - N_short),
-user + system of the whole process from wait4, so start-up cancels out; frame rate the same way from wall time.
+Runtime workers that do not spin). Model: the MobileNetV2-class FP32 ONNX of bench/mobilenetv2.py (224x224), ONNX
+Runtime; frames: 640x480 JPEGs. Each side runs N_short and N_long frames as a fresh process; CPU per frame =
+(CPU(N_long) - CPU(N_short)) / (N_long - N_short), user + system of the whole process from wait4, so start-up
+cancels out; frame rate the same way from wall time.
 Camera paced at 30 fps, and as fast as possible; first, the agent's CPU per second when idle.
 Targets (issue 18): CPU per frame <= 1.10x the loop at 30 fps and at the maximum rate, 1 and 2 threads; throughput
 >= 1.2x the loop with threads = cores - 1.
@@ -36,10 +36,9 @@ def hand_loop(args: argparse.Namespace) -> int:
     import onnxruntime as ort
     import paho.mqtt.client as mqtt
 
+    from edgesight.agent.prefetch import opencv_in_calling_thread
     from edgesight.calibration.images import list_images, load_image
     from edgesight.calibration.preprocess import PreprocessSpec, preprocess
-
-    from edgesight.agent.prefetch import opencv_in_calling_thread
 
     opencv_in_calling_thread()  # the agent's OpenCV setting: the loop does not pay for OpenCV's spinning pool either
     spec = PreprocessSpec(size=(224, 224), resize="letterbox", color="rgb", mean=(0.485, 0.456, 0.406),
