@@ -102,15 +102,14 @@ class FolderSource(Source):
         files = [p for p, _ in list_images(self.path)]
         if not files:
             raise SourceLost("image folder %s has no images" % self.path)
-        if self._files and self._failures >= len(self._files) and not any(_readable(p) for p in files):
-            # the last pass read none: reopening is a failure too (the capture thread backs off), until one reads
-            raise SourceLost("no readable image in %s (%s)" % (self.path, self._last_error))
+        if self._none_read() and not any(_readable(p) for p in files):
+            raise self._unreadable()  # reopening fails too (the capture thread backs off), until an image reads
         self._files, self._i, self._failures = files, 0, 0
 
     def grab(self) -> Optional[Grabbed]:
         """The next file, not read yet: the thread that takes it reads and decodes it (``decode``)."""
-        if self._files and self._failures >= len(self._files):
-            raise SourceLost("no readable image in %s (%s)" % (self.path, self._last_error))
+        if self._none_read():
+            raise self._unreadable()
         if self._i >= len(self._files):
             if not self.loop:
                 return None
@@ -133,6 +132,13 @@ class FolderSource(Source):
             return None
         self._failures = 0
         return Frame(img, "rgb", item.captured, item.seq, 1000.0 * (time.perf_counter() - t0))
+
+    def _none_read(self) -> bool:
+        """The last pass over the folder read no image (``decode`` counts the failures in a row)."""
+        return bool(self._files) and self._failures >= len(self._files)
+
+    def _unreadable(self) -> SourceLost:
+        return SourceLost("no readable image in %s (%s)" % (self.path, self._last_error))
 
     def read(self) -> Optional[Frame]:
         while True:  # grab and decode in one (edgesight doctor), skipping unreadable images
