@@ -315,8 +315,10 @@ class Agent(object):
         p.prefetch.stop()
         for cap in p.captures:
             cap.stop()
+        end = time.monotonic() + self.drain_timeout
+        self._drain(p.outbox, p.link, end)  # the results first, so that the final stats count them as sent
         p.telemetry.commit_stats()
-        self._drain(p.outbox, p.link)
+        self._drain(p.outbox, p.link, end, last=True)
         p.publisher.stop()
         p.link.stop("stopped")
         p.outbox.close()
@@ -345,16 +347,15 @@ class Agent(object):
                 raise InferenceError("%s thread failed: %s: %s" % (name, type(worker.failed).__name__,
                                                                    worker.failed))
 
-    def _drain(self, outbox: Outbox, link: MqttLink) -> None:
-        """Publish what the outbox holds for up to ``drain_timeout`` seconds, waiting for a reconnect when the
-        broker is away at that moment (a broker restart during a stop must not strand results until the next
-        start); the publisher and paho's reconnect loop keep running meanwhile."""
-        end = time.monotonic() + self.drain_timeout
-        if outbox.depth() > 0 and not link.connected.is_set() and self.drain_timeout > 0:
-            log.info("broker away: waiting up to %.0f s to publish %d message(s)", self.drain_timeout,
+    def _drain(self, outbox: Outbox, link: MqttLink, end: float, last: bool = False) -> None:
+        """Publish what the outbox holds until ``end`` (monotonic), waiting for a reconnect when the broker is away
+        at that moment (a broker restart during a stop must not strand results until the next start); the publisher
+        and paho's reconnect loop keep running meanwhile. A row counts as gone once its PUBACK deleted it."""
+        if not last and outbox.depth() > 0 and not link.connected.is_set() and end > time.monotonic():
+            log.info("broker away: waiting up to %.0f s to publish %d message(s)", end - time.monotonic(),
                      outbox.depth())
         while time.monotonic() < end and outbox.depth() > 0:
             time.sleep(0.05)
         left = outbox.depth()
-        if left:
+        if left and last:
             log.warning("%d message(s) stay in the outbox for the next start", left)
