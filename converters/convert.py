@@ -8,6 +8,7 @@ validation of FP32 and every artifact on the validation set (:mod:`converters.va
 import logging
 import os
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -173,8 +174,13 @@ def _prepare(opts: ConvertOptions, progress: Progress) -> _Inputs:
 
 def _build_targets(opts: ConvertOptions, inp: _Inputs, progress: Progress, notes: List[str]):
     """Every target in turn; a failed one is recorded (its file removed) and the others still run."""
-    job = targets.Job(inp.pkg.path(inp.pkg.manifest.source), opts.out, inp.iface, inp.calib, inp.spec, opts.method,
-                      opts.tflite_io, progress.step, notes, opts.min_cosine)
+    with tempfile.TemporaryDirectory(prefix="edgesight-convert-") as work:
+        job = targets.Job(inp.pkg.path(inp.pkg.manifest.source), opts.out, inp.iface, inp.calib, inp.spec,
+                          opts.method, opts.tflite_io, progress.step, notes, opts.min_cosine, work)
+        return _each_target(opts, job)
+
+
+def _each_target(opts: ConvertOptions, job: targets.Job):
     built: List[Dict[str, Any]] = []
     failed: List[Dict[str, str]] = []
     for target in opts.targets:

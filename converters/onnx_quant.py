@@ -7,10 +7,11 @@
   Measured on x86 (docs/benchmarks.md): symmetric int8 activations ran slower than FP32, U8S8 faster.
 """
 import contextlib
+import json
 import logging
 import os
 import tempfile
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -59,11 +60,13 @@ class Quantized(NamedTuple):
 
 
 def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method: str = DEFAULT_METHOD,
-                  tuning: Optional[Tuning] = None) -> Quantized:
+                  tuning: Optional[Tuning] = None, shared: Optional[str] = None) -> Quantized:
     """Calibrate with ``reader`` (an onnxruntime CalibrationDataReader that can ``rewind``) and write the Q/DQ model
     to ``dst``. Every step runs or the conversion fails: a skipped pre-processing (ONNX Runtime 1.32 needs sympy
     for it) once made the INT8 CPU profile 3x slower than FP32 with no error. With ``tuning``, the sensitive op
-    types and then the most sensitive layers stay in float until the fidelity target is met."""
+    types and then the most sensitive layers stay in float until the fidelity target is met. ``shared``: a
+    directory the caller keeps for the profiles of one conversion (the same ``src`` and images): the pre-processed
+    model and the activation ranges are made there once and reused by the next profile."""
     if profile not in PROFILES:
         raise ValueError("unknown profile %r; choose %s" % (profile, ", ".join(PROFILES)))
     if method not in CALIBRATION_METHODS:
@@ -77,28 +80,23 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
              "QuantizeBias": p.quantize_bias}
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
-    steps = {}
-    with tempfile.TemporaryDirectory(prefix="edgesight-quant-") as work, OrtLogs() as logs:
-        prepared = os.path.join(work, "prepared.onnx")
-        pre_process(src, prepared)
-        steps["pre_process"] = "ran (symbolic shape inference, ONNX shape inference, basic optimizations)"
-        pooled = _rewrite_file(prepared, onnx_rewrite.mean_as_global_pool)  # exact, before calibrating
-        if pooled:
-            steps["rewrite"] = "%d spatial ReduceMean -> GlobalAveragePool (quantized kernel)" % pooled
+    with _work_dir(shared) as work, OrtLogs() as logs:
+        prepared, steps = _prepared(src, work)
         prepared = _limit_opset(prepared, p.max_opset, work)
         steps["opset"] = "<= %d" % p.max_opset
 
-        # the activation ranges depend on the model and the images, not on which nodes stay in float: calibrated
-        # once, then every try of the sensitivity step only places Q/DQ (ONNX Runtime >= 1.32 takes a cache)
-        cache = {"calibration_cache_path": os.path.join(work, "calibration.json")} if _takes_cache(q) else {}
+        # the activation ranges depend on the model and the images, not on which nodes stay in float nor on the
+        # profile (symmetry and types are applied to them afterwards): calibrated once, then every try of the
+        # sensitivity step and the other profile only place Q/DQ (ONNX Runtime >= 1.32 takes a cache)
+        cache = {"calibration_cache_path": "%s.%s.ranges.json" % (prepared, method)} if _takes_cache(q) else {}
         requantized = [0]
 
-        def quantize(exclude: Sequence[str]) -> None:
+        def quantize(exclude: Sequence[str], path: str) -> None:
             if hasattr(reader, "rewind"):
                 reader.rewind()
             try:
                 with contextlib.redirect_stdout(_LogWriter()):  # the entropy/percentile calibrators print
-                    q.quantize_static(prepared, dst, reader, quant_format=q.QuantFormat.QDQ,
+                    q.quantize_static(prepared, path, reader, quant_format=q.QuantFormat.QDQ,
                                       activation_type=qtype[p.activation], weight_type=qtype[p.weight],
                                       per_channel=p.per_channel, calibrate_method=calib, extra_options=extra,
                                       nodes_to_exclude=list(exclude), **cache)
@@ -107,13 +105,13 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
                                       % (profile, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
                                       file=src)
             if profile == "cpu":  # TensorRT wants zero points of 0 and fuses HardSigmoid itself
-                requantized[:] = [_rewrite_file(dst, onnx_rewrite.hardsigmoid_as_requantize)]
+                requantized[:] = [_rewrite_file(path, onnx_rewrite.hardsigmoid_as_requantize)]
 
         if tuning is None:
             import onnx
 
             kept, cosine = sensitivity.default_float_nodes(onnx.load(prepared)), None
-            quantize(kept)
+            quantize(kept, dst)
         else:
             tuned = sensitivity.tune(prepared, dst, quantize, tuning.input_name, tuning.tensors, tuning.min_cosine)
             kept, cosine = tuned.excluded, tuned.cosine
@@ -126,6 +124,32 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
         steps["quantize_static"] = "%s, %s calibration, %d node(s) kept in float" % (profile, method, len(kept))
     strip_unused_opsets(dst)
     return Quantized(dst, steps, kept, cosine)
+
+
+@contextlib.contextmanager
+def _work_dir(shared: Optional[str]) -> Iterator[str]:
+    if shared is not None:
+        yield shared
+        return
+    with tempfile.TemporaryDirectory(prefix="edgesight-quant-") as work:
+        yield work
+
+
+def _prepared(src: str, work: str) -> Tuple[str, Dict[str, str]]:
+    """ONNX Runtime's pre-processing of ``src`` and the exact rewrites that must precede calibration, written to
+    ``work`` once (the steps that ran are saved beside it, for the report of every profile that uses it)."""
+    prepared, told = os.path.join(work, "prepared.onnx"), os.path.join(work, "prepared.steps.json")
+    if os.path.isfile(told):
+        with open(told) as f:
+            return prepared, json.load(f)
+    pre_process(src, prepared)
+    steps = {"pre_process": "ran (symbolic shape inference, ONNX shape inference, basic optimizations)"}
+    pooled = _rewrite_file(prepared, onnx_rewrite.mean_as_global_pool)  # exact, before calibrating
+    if pooled:
+        steps["rewrite"] = "%d spatial ReduceMean -> GlobalAveragePool (quantized kernel)" % pooled
+    with open(told, "w") as f:
+        json.dump(steps, f)
+    return prepared, steps
 
 
 def _rewrite_file(path: str, rewrite: Callable[[Any], int]) -> int:
@@ -170,6 +194,9 @@ def _limit_opset(path: str, max_opset: int, work: str) -> str:
     import onnx
     from onnx import version_converter
 
+    out = os.path.join(work, "opset%d.onnx" % max_opset)
+    if os.path.isfile(out):  # converted for an earlier profile of this conversion
+        return out
     model = onnx.load(path)
     current = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if current <= max_opset:
@@ -180,7 +207,6 @@ def _limit_opset(path: str, max_opset: int, work: str) -> str:
         raise ConversionError("the model uses opset %d and cannot be converted down to %d (%s); export it with "
                               "opset_version=%d" % (current, max_opset, str(exc).splitlines()[0], max_opset),
                               file=path)
-    out = os.path.join(work, "opset%d.onnx" % max_opset)
     onnx.save(converted, out)
     log.info("converted opset %d -> %d", current, max_opset)
     return out

@@ -16,8 +16,10 @@ the logit cosine most stays in float, until the cosine on those images reaches `
 bound) or no group lifts it by ``MIN_GAIN``. (ViT-tiny: 0.88 ->
 0.95 with the residual Adds -> 0.999 with the bias Adds; its weight MatMuls all stay INT8.)
 """
+import itertools
 import logging
 import os
+import shutil
 import tempfile
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -117,43 +119,49 @@ def run(model_path: str, input_name: str, tensors: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {input_name: tensors[i:i + 8]})[0] for i in range(0, len(tensors), 8)])
 
 
-def tune(prepared: str, dst: str, quantize: Callable[[Sequence[str]], None], input_name: str, tensors: np.ndarray,
-         min_cosine: float, max_rounds: int = MAX_ROUNDS) -> Tuned:
-    """Quantize ``prepared`` into ``dst`` with ``quantize(exclude)``, the defaults in float, and keep more groups
-    in float while the logit cosine on ``tensors`` is below ``min_cosine``: its lower confidence bound
-    (:func:`metrics.lower_bound`), so that a few lucky images do not pass a model that misses on the rest."""
+def tune(prepared: str, dst: str, quantize: Callable[[Sequence[str], str], None], input_name: str,
+         tensors: np.ndarray, min_cosine: float, max_rounds: int = MAX_ROUNDS) -> Tuned:
+    """Write to ``dst`` the quantization of ``prepared`` that ``quantize(exclude, path)`` makes with the defaults in
+    float, and more groups in float while the logit cosine on ``tensors`` is below ``min_cosine``: its lower
+    confidence bound (:func:`metrics.lower_bound`), so that a few lucky images do not pass a model that misses on the
+    rest. Every try is written to its own file and the chosen one is moved to ``dst``: nothing is quantized twice."""
     import onnx
 
     model = onnx.load(prepared)
     reference = run(prepared, input_name, tensors)
+    with tempfile.TemporaryDirectory(prefix="edgesight-tries-") as work:
+        files: Dict[Tuple[str, ...], str] = {}  # the tries whose file is kept
+        count = itertools.count()
 
-    written: List[List[str]] = []
+        def cosine_with(exclude: List[str]) -> Tuple[float, float]:
+            path = os.path.join(work, "try%d.onnx" % next(count))
+            quantize(exclude, path)
+            files[tuple(exclude)] = path
+            rows = cosine_rows(run(path, input_name, tensors), reference)
+            return lower_bound(rows), float(rows.mean())
 
-    def cosine_with(exclude: List[str]) -> Tuple[float, float]:
-        quantize(exclude)
-        written[:] = [exclude]
-        rows = cosine_rows(run(dst, input_name, tensors), reference)
-        return lower_bound(rows), float(rows.mean())
-
-    excluded = default_float_nodes(model)
-    float_acts: Dict[str, Any] = {}  # the float model's activations, collected in the first round
-    bound, cosine = cosine_with(excluded)
-    history = [round(cosine, 5)]
-    while bound < min_cosine and len(history) < max_rounds:
-        sqnr = tensor_sqnr(prepared, dst, input_name, tensors[:8], float_acts)
-        cands = groups(model, set(excluded))
-        ranked = sorted(cands, key=lambda g: min([sqnr.get(i, 1e9) for n in cands[g] for i in n.input] or [1e9]))
-        ranked = ranked[:TRIES_PER_ROUND] + ([HEAD] if HEAD in ranked[TRIES_PER_ROUND:] else [])  # always tried
-        tried = [(cosine_with(excluded + [n.name for n in cands[g]]), g) for g in ranked]
-        if not tried or max(tried)[0][0] < bound + MIN_GAIN:
-            break  # MobileNetV3 (random weights), CPU profile: +0.0007, +0.0005, +0.0001 for 3, 9 and 8 float layers
-        (bound, cosine), best = max(tried)
-        log.info("logit cosine %.4f (lower bound %.4f) with the %d %s node(s) in float", cosine, bound,
-                 len(cands[best]), best)
-        excluded = excluded + [n.name for n in cands[best]]
-        history.append(round(cosine, 5))
-    if written[0] != excluded:
-        quantize(excluded)  # the file holds the last group tried: write the chosen one
+        excluded = default_float_nodes(model)
+        float_acts: Dict[str, Any] = {}  # the float model's activations, collected in the first round
+        bound, cosine = cosine_with(excluded)
+        history = [round(cosine, 5)]
+        while bound < min_cosine and len(history) < max_rounds:
+            sqnr = tensor_sqnr(prepared, files[tuple(excluded)], input_name, tensors[:8], float_acts)
+            cands = groups(model, set(excluded))
+            ranked = sorted(cands, key=lambda g: min([sqnr.get(i, 1e9) for n in cands[g] for i in n.input] or [1e9]))
+            ranked = ranked[:TRIES_PER_ROUND] + ([HEAD] if HEAD in ranked[TRIES_PER_ROUND:] else [])  # always tried
+            tried = [(cosine_with(excluded + [n.name for n in cands[g]]), g) for g in ranked]
+            gained = bool(tried) and max(tried)[0][0] >= bound + MIN_GAIN
+            if gained:
+                (bound, cosine), best = max(tried)
+                log.info("logit cosine %.4f (lower bound %.4f) with the %d %s node(s) in float", cosine, bound,
+                         len(cands[best]), best)
+                excluded = excluded + [n.name for n in cands[best]]
+                history.append(round(cosine, 5))
+            for key in [k for k in files if list(k) != excluded]:  # only the chosen try's file is kept
+                os.unlink(files.pop(key))
+            if not gained:
+                break  # MobileNetV3 (random weights), CPU profile: +0.0007, +0.0005, +0.0001 for 3, 9 and 8 layers
+        shutil.move(files[tuple(excluded)], dst)
     return Tuned(excluded, cosine, len(history), history, bound)
 
 

@@ -5,7 +5,7 @@ built_for) or raises an :class:`EdgesightError`; the converter records a failed 
 """
 import logging
 import os
-from typing import Any, Callable, Dict, List, NamedTuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from ..calibration.dataset import LoadedSet, OrtCalibrationReader
 from ..calibration.preprocess import PreprocessSpec
@@ -34,6 +34,7 @@ class Job(NamedTuple):
     step: Callable[[str], None]  # progress line
     notes: List[str]  # what the report should say about a target that was not built
     min_cosine: float = 0.99  # INT8: layers stay in float (ONNX), or the TFLite goes dynamic-range, to reach this
+    work: Optional[str] = None  # a directory for this conversion: the INT8 ONNX profiles pre-process and calibrate once
 
 
 def _entry(target: str, runtime: str, layout: str, **extra: Any) -> Dict[str, Any]:
@@ -54,7 +55,7 @@ def onnx_int8(job: Job, target: str) -> List[Dict[str, Any]]:
     job.step("%s: quantize_static QDQ, profile %s, %s calibration" % (target, profile, job.method))
     dst = os.path.join(job.out, FILES[target])
     tuning = onnx_quant.Tuning(job.iface.input_name, job.calib.tensors[:TUNING_IMAGES], job.min_cosine)
-    q = onnx_quant.quantize_onnx(job.source, dst, _reader(job), profile, job.method, tuning=tuning)
+    q = onnx_quant.quantize_onnx(job.source, dst, _reader(job), profile, job.method, tuning=tuning, shared=job.work)
     if profile == "tensorrt":
         qdq_verify.verify_tensorrt_qdq(dst)
         q.steps["verify"] = "TensorRT-safe Q/DQ rules hold"

@@ -201,10 +201,53 @@ def test_a_group_stays_in_float_only_for_a_real_gain(tmp_path, monkeypatch, gain
     monkeypatch.setattr(sensitivity, "tensor_sqnr", lambda *a: {})
     monkeypatch.setattr(sensitivity, "cosine_rows", lambda a, b: np.full(len(a), 0.95 + gain * (
         len(state["exclude"]) > len(defaults))))
-    tuned = sensitivity.tune(path, str(tmp_path / "q.onnx"), lambda ex: state.update(exclude=list(ex)), "x", data,
-                             min_cosine=0.99, max_rounds=2)
+    calls = []
+
+    def quantize(exclude, out):
+        state.update(exclude=list(exclude))
+        calls.append(tuple(exclude))
+        with open(out, "w") as f:
+            json.dump(list(exclude), f)
+
+    tuned = sensitivity.tune(path, str(tmp_path / "q.onnx"), quantize, "x", data, min_cosine=0.99, max_rounds=2)
     assert (len(tuned.excluded) > len(defaults)) is kept
-    assert state["exclude"] == tuned.excluded  # the file written is the one chosen
+    assert (state["exclude"] != tuned.excluded) is not kept  # without a gain the last try is not the chosen one,
+    with open(tmp_path / "q.onnx") as f:
+        assert json.load(f) == tuned.excluded  # ... and its file is what the step leaves at the destination
+    assert len(set(calls)) == len(calls)  # nothing quantized twice
+
+
+def test_over_several_rounds_the_chosen_try_is_the_file_left_and_the_one_measured_next(tmp_path, monkeypatch):
+    """Every try is written to its own file; the chosen one survives the next rounds (a name reused after the
+    others were deleted once overwrote it), it is what the next round's SQNR measures, and it ends at ``dst``."""
+    from types import SimpleNamespace
+
+    path, data = _transformer_block(tmp_path / "blk.onnx")
+    nodes = {g: [SimpleNamespace(name="%s%d" % (g, i), input=[]) for i in range(2)] for g in "abcde"}
+    state, measured = {"exclude": []}, []
+    monkeypatch.setattr(sensitivity, "groups", lambda model, excluded: {
+        g: ns for g, ns in nodes.items() if ns[0].name not in excluded})
+    monkeypatch.setattr(sensitivity, "run", lambda model, name, tensors: np.ones((len(tensors), 2)))
+    monkeypatch.setattr(sensitivity, "cosine_rows", lambda a, b: np.full(len(a), 0.9 + 0.01 * len(state["exclude"])
+                                                                            + 0.001 * ("e0" in state["exclude"])))
+
+    def sqnr(prepared, qdq, *a):
+        with open(qdq) as f:
+            measured.append(json.load(f))
+        return {}
+
+    monkeypatch.setattr(sensitivity, "tensor_sqnr", sqnr)
+
+    def quantize(exclude, out):
+        state.update(exclude=list(exclude))
+        with open(out, "w") as f:
+            json.dump(list(exclude), f)
+
+    tuned = sensitivity.tune(path, str(tmp_path / "q.onnx"), quantize, "x", data, min_cosine=0.999, max_rounds=4)
+    assert tuned.rounds == 4 and len(tuned.excluded) == 1 + 6, tuned
+    assert measured == [["ln"], tuned.excluded[:3], tuned.excluded[:5]]  # each round measures the model chosen
+    with open(tmp_path / "q.onnx") as f:
+        assert json.load(f) == tuned.excluded
 
 
 def test_the_float_model_activations_are_collected_once_for_every_round(tmp_path, monkeypatch):
@@ -252,6 +295,31 @@ def test_the_sensitivity_step_calibrates_once_and_writes_what_calibrating_every_
     assert cached.float_nodes == fresh.float_nodes and cached.cosine == fresh.cosine
     a, b = onnx.load(cached.path), onnx.load(fresh.path)
     assert a.graph.SerializeToString() == b.graph.SerializeToString()
+
+
+def test_the_profiles_of_one_conversion_pre_process_and_calibrate_once_and_write_what_each_alone_writes(
+        tmp_path, monkeypatch):
+    """The activation ranges do not depend on the profile (its symmetry and types apply to them afterwards): with a
+    shared directory the second profile reuses the first's pre-processed model and ranges, and both write the same
+    models as when each runs alone."""
+    import onnx
+
+    path, data = _transformer_block(tmp_path / "blk.onnx")
+    pre = []
+    real_pre = onnx_quant.pre_process
+    monkeypatch.setattr(onnx_quant, "pre_process", lambda *a: pre.append(1) or real_pre(*a))
+    shared, readers, alone = str(tmp_path / "shared"), [], {}
+    os.mkdir(shared)
+    for profile in ("tensorrt", "cpu"):
+        readers.append(CountingReader("x", data))
+        onnx_quant.quantize_onnx(path, str(tmp_path / ("s-" + profile)), readers[-1], profile, shared=shared)
+        alone[profile] = onnx_quant.quantize_onnx(path, str(tmp_path / ("a-" + profile)), OrtCalibrationReader(
+            "x", data), profile).path
+    assert len(pre) == 3  # once shared, once for each profile alone
+    assert readers[0].handed == len(data) and readers[1].handed == 0  # the second profile did not calibrate
+    for profile in ("tensorrt", "cpu"):
+        a, b = onnx.load(str(tmp_path / ("s-" + profile))), onnx.load(alone[profile])
+        assert a.graph.SerializeToString() == b.graph.SerializeToString(), profile
 
 
 def test_the_float16_profile_for_tensorrt_10_and_11(tmp_path):
