@@ -308,7 +308,7 @@ def check_files(cfg: AgentConfig, doc: Optional[configfile.Document] = None) -> 
             _raise(doc, loc, "cannot read %s (%s)" % (p, "no such file" if not os.path.exists(p) else
                                                        "permission denied"))
     try:
-        from .outbox import check_path
+        from .outbox_db import check_path
 
         check_path(cfg.outbox.path)
         if tls is not None:

@@ -16,6 +16,7 @@ from ..contract import payloads, topics
 from ..contract.client import make_client, paho
 from .config import MqttConfig
 from .outbox import Outbox
+from .staging import GROUP_DELAY
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +125,12 @@ class MqttLink(object):
 IDLE_POLL = 1.0  # s between looks when nothing wakes the publisher (resends, refused rows): new rows and acks wake it
 ACK_BATCH = 32  # acknowledged rows are deleted together once this many wait,
 ACK_DELAY = 0.1  # or once the oldest has waited this long (s); a delete lost to a crash only means a resend
+EARLY_WAKE = GROUP_DELAY / 4  # s: staged messages handed off at shorter intervals: their acks need not wake us
 
 
 class Publisher(object):
-    """Moves committed rows from the outbox to the broker; deletes them on PUBACK (in groups); dead-letters refused
-    ones."""
+    """Moves committed rows, then staged messages not committed yet, from the outbox to the broker; deletes rows on
+    PUBACK (in groups; a staged message acknowledged first is never written); dead-letters refused ones."""
 
     def __init__(self, link: MqttLink, outbox: Outbox, inflight: int = 20, resend_after: float = 30.0) -> None:
         self.link, self.outbox = link, outbox
@@ -138,11 +140,13 @@ class Publisher(object):
         self._generation = -1
         self.capture_to_publish_ms: Deque[float] = deque(maxlen=2000)  # capture -> handed to the MQTT connection
         self.capture_to_ack_ms: Deque[float] = deque(maxlen=2000)  # capture -> the broker's PUBACK
-        self.commit_to_publish_ms: Deque[float] = deque(maxlen=2000)  # durable commit -> handed to the connection
+        self.commit_to_publish_ms: Deque[float] = deque(maxlen=2000)  # committed (or staged) -> handed to paho
         self.published = 0
         self.failed: Optional[BaseException] = None  # an unexpected error ended the thread: the agent must exit
         self._acked: List[Tuple[int, Optional[float], str, float]] = []  # row id, captured, kind, acked at
         self._acked_since = 0.0  # monotonic time of the oldest in ``_acked``
+        self._last_fresh = -1e9  # monotonic time of the last hand-off of staged messages
+        self._early_wake = True  # their acks wake this thread (frames come slower than EARLY_WAKE)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
 
@@ -168,13 +172,18 @@ class Publisher(object):
                 self.link.kick.wait(self._wait())
                 self.link.kick.clear()
                 self.step()
-                if len(self._inflight) < self.max_inflight:  # room left: acks wait for the next look
-                    self.link.wake_on_ack = False
+                if len(self._inflight) < self.max_inflight and not (self._early_wake and self._early_inflight()):
+                    self.link.wake_on_ack = False  # room left, no ack needed before the next frame: acks wait
             self._collect_acks()
             self._flush_acks(force=True)  # acknowledged rows left behind would be sent again at the next start
         except Exception as exc:  # e.g. the outbox's disk failed: fail loudly, the main loop stops the agent
             log.exception("MQTT publisher failed")
             self.failed = exc
+
+    def _early_inflight(self) -> bool:
+        """A message sent before its commit is in flight (its ack must reach the outbox before the commit is due,
+        agent/staging.py: acks wake this thread unless the next frame's hand-off comes sooner, ``_early_wake``)."""
+        return any(entry[0] < 0 for entry in self._inflight.values())
 
     def _wait(self) -> float:
         """Until the next look without a wake: acknowledged rows waiting to be deleted, messages in flight whose
@@ -201,9 +210,18 @@ class Publisher(object):
         if room <= 0:
             return
         busy = {row_id for row_id, _, _, _ in self._inflight.values()} | {a[0] for a in self._acked}
-        for row in self.outbox.pending(room, exclude=busy):
-            if len(self._inflight) + 1 >= self.max_inflight:
-                self.link.wake_on_ack = True  # set before the message that fills the window: its ack wakes us
+        rows = self.outbox.pending(room, exclude=busy)
+        if len(rows) < room:  # committed rows first, then what is staged (newer), sent before its commit
+            fresh = self.outbox.fresh(room - len(rows))
+            if fresh:  # frames closer than EARLY_WAKE: the next frame's hand-off collects the acks in time
+                mono = time.monotonic()
+                self._early_wake = mono - self._last_fresh >= EARLY_WAKE
+                self._last_fresh = mono
+            rows += fresh
+        for row in rows:
+            if len(self._inflight) + 1 >= self.max_inflight or (row.id < 0 and self._early_wake):
+                self.link.wake_on_ack = True  # set before the message that fills the window (or whose ack must
+                # come back before the next frame): its ack wakes us
             try:
                 mid = self.link.publish(row.topic, row.payload, row.qos, row.retain)
             except (ValueError, TypeError, UnicodeError) as exc:  # paho refuses it for good (topic, size): a row
@@ -233,6 +251,8 @@ class Publisher(object):
             if failed:
                 self.outbox.refused(row_id, reason)
                 continue
+            if row_id < 0:  # sent before its commit: it leaves the staged group now, is never written
+                self.outbox.unstage(row_id)
             if not self._acked:
                 self._acked_since = time.monotonic()
             self._acked.append((row_id, captured, kind, at))

@@ -2,8 +2,11 @@
 broker acknowledges it (QoS 1 PUBACK; QoS 0 stats leave once written to the socket).
 
 SQLite in WAL mode with ``synchronous=FULL``: a committed row survives SIGKILL and power loss. ``put`` commits at
-once; ``stage`` holds a message for the next commit (``flush`` or any ``put``), so that at the maximum frame rate
-several results share one transaction and one fsync (``commit_due`` bounds how many and for how long). ``max_bytes``
+once; ``stage`` holds a message for the next commit (``flush`` or any ``put``), at most ``GROUP_DELAY`` or
+``GROUP_ROWS`` (``commit_due``), so that several results share one transaction and one fsync; meanwhile the
+publisher may send it (``fresh``), and one the broker acknowledges first is never written (agent/staging.py). A
+message is accepted once committed or acknowledged: a crash can lose only what was staged, at most ``GROUP_DELAY``
+of results that the broker had not acknowledged either. ``max_bytes``
 bounds the files on disk, the database, its write-ahead log and its shared-memory index together (at least 256 KiB):
 the log is checkpointed and truncated once it passes ``wal_slack`` (a sixteenth of the bound, 64 KiB to 1 MiB), and
 a row is committed only when the database with the row's pages, the log with one more transaction in it and the
@@ -22,7 +25,8 @@ import threading
 import time
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
 
-from ..errors import ConfigError
+from .outbox_db import count, disk_cost, keep_log_small, open_database, trim_dead
+from .staging import GROUP_DELAY, GROUP_ROWS, Message, Staged, Staging, commit_due  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -30,44 +34,6 @@ PRIORITY = {"stats": 0, "sample": 1, "result": 2, "state": 2}
 MIN_BYTES = 256 * 1024
 DEAD_PAYLOAD = 4096
 SHM_BYTES = 32 * 1024  # the -shm index of a WAL database
-ROW_OVERHEAD = 100  # the other columns, the cell header and the index entry, bytes
-GROUP_ROWS = 16  # group commit: at most this many staged messages wait for one commit ...
-GROUP_DELAY = 0.05  # s: ... and none waits longer (commit_due)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL, priority INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
-    qos INTEGER NOT NULL, retain INTEGER NOT NULL, size INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, captured REAL);
-CREATE INDEX IF NOT EXISTS outbox_evict ON outbox (priority, id);
-CREATE TABLE IF NOT EXISTS dead_letter (
-    id INTEGER PRIMARY KEY, kind TEXT, topic TEXT, payload BLOB, attempts INTEGER, reason TEXT,
-    created REAL, died REAL);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
-
-
-class Message(NamedTuple):
-    """A message to commit."""
-    kind: str
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-    captured: Optional[float] = None
-
-
-def commit_due(staged: int, waited: float, next_frame: float, more_waiting: bool) -> bool:
-    """Group commit's rule, after a frame: commit what is staged now, unless the next frame is already waiting and
-    the group stays within ``GROUP_ROWS`` and, after that frame (``next_frame`` s, the last one's time), within
-    ``GROUP_DELAY`` s of its oldest message (``waited``). Below the maximum frame rate nothing is waiting, so every
-    result commits at once and latency is unchanged; at the maximum rate results wait at most ``GROUP_DELAY``."""
-    if staged == 0:
-        return False
-    return not (more_waiting and staged < GROUP_ROWS and waited + next_frame < GROUP_DELAY)
-
-
 class Row(NamedTuple):
     id: int
     kind: str
@@ -77,49 +43,7 @@ class Row(NamedTuple):
     retain: bool
     attempts: int
     captured: Optional[float]
-    created: Optional[float] = None  # when it was committed
-
-
-def disk_cost(size: int, page: int = 4096) -> int:
-    """Bytes a row with ``size`` bytes of topic and payload takes in the database file: in its leaf page when it is
-    small, else the leaf part plus whole overflow pages (SQLite's own split, file format section 1.6)."""
-    p = size + ROW_OVERHEAD
-    most, least = page - 35, (page - 12) * 32 // 255 - 23
-    if p <= most:
-        return p
-    local = least + (p - least) % (page - 4)
-    if local > most:
-        local = least
-    return int(math.ceil((p - local) / float(page - 4))) * page + local
-
-
-def check_path(path: str) -> None:
-    """ConfigError naming ``outbox.path`` when ``path`` is a directory or a file that is not an SQLite database."""
-    if os.path.isdir(path):
-        raise ConfigError("is a directory; give the outbox database file (e.g. /var/lib/edgesight/outbox.db)",
-                          file=path, field="outbox.path")
-    if os.path.isfile(path) and os.path.getsize(path) > 0:
-        with open(path, "rb") as f:
-            head = f.read(16)
-        if head != b"SQLite format 3\x00":
-            raise ConfigError("is not an edgesight outbox (not an SQLite database); move it away or give another "
-                              "path", file=path, field="outbox.path")
-
-
-def open_database(path: str) -> sqlite3.Connection:
-    """The outbox database at ``path``; a ConfigError naming ``outbox.path`` when it cannot be one."""
-    check_path(path)
-    try:
-        if os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-    except (sqlite3.DatabaseError, OSError) as exc:
-        raise ConfigError("cannot open the outbox database (%s); check the path and its permissions" % exc,
-                          file=path, field="outbox.path")
-    return db
+    created: Optional[float] = None  # when it was committed (staged, for one sent before its commit)
 
 
 class Outbox(object):
@@ -135,10 +59,12 @@ class Outbox(object):
         self._db.execute("PRAGMA wal_autocheckpoint=%d" % max(1, self.wal_slack // self.page))
         self.dead_limit = max(self.max_bytes // 16, 2 * DEAD_PAYLOAD)
         self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
-        self.on_put: Optional[Callable[[], None]] = None  # called after each commit of rows (wakes the publisher)
-        self.committed: Dict[str, int] = {}  # rows committed since start, by kind
-        self._staged: List[Message] = []  # waiting for the next commit (stage / flush)
-        self._staged_since = 0.0
+        self._rows = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])  # kept by each commit
+        self._tx_rows = 0  # rows the open transaction adds (less those it deletes)
+        self.on_put: Optional[Callable[[], None]] = None  # called after each commit of rows and by ``offer``
+        self.committed: Dict[str, int] = {}  # accepted since start, by kind: committed, or acknowledged before
+        self._staging = Staging()  # waiting for the next commit (stage / flush), sent meanwhile where possible
+        self._early: Dict[int, str] = {}  # key -> kind: acknowledged before its commit, not counted on disk yet
 
     # -- writing ---------------------------------------------------------------------------------------------
     def put(self, kind: str, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
@@ -148,50 +74,66 @@ class Outbox(object):
         return self._commit([Message(kind, topic, payload, qos, retain, captured)])[-1]
 
     def stage(self, kind: str, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
-              captured: Optional[float] = None) -> None:
-        """Hold a message for the next commit: :meth:`flush`, or any :meth:`put`, commits everything staged, in
-        order, in one transaction (group commit: one fsync for several results when frames arrive faster than a
-        commit is worth). A staged message is not accepted yet; the caller flushes within a bounded time
-        (:func:`commit_due`), and :meth:`close` flushes what is left."""
+              captured: Optional[float] = None) -> int:
+        """Hold a message for the next commit (agent/staging.py): :meth:`flush`, or any :meth:`put`, commits what is
+        staged, in order, in one transaction, unless the broker acknowledged it first (:meth:`fresh`,
+        :meth:`ack_many`). A staged message is accepted once committed or acknowledged; the caller flushes within
+        a bounded time (:func:`commit_due`), and :meth:`close` commits what is left. Returns its key (below 0)."""
         PRIORITY[kind]  # an unknown kind fails here, not at the commit
         with self._lock:
-            if not self._staged:
-                self._staged_since = time.monotonic()
-            self._staged.append(Message(kind, topic, payload, qos, retain, captured))
+            return self._staging.add(Message(kind, topic, payload, qos, retain, captured), time.monotonic(),
+                                     time.time())
+
+    def offer(self) -> None:
+        """What is staged may be sent before its commit: wake the publisher (once per frame, not per message)."""
+        if self._staging and self.on_put is not None:
+            self.on_put()
 
     @property
     def staged(self) -> int:
-        """Messages staged and not committed yet."""
-        return len(self._staged)
+        """Messages staged and neither committed nor acknowledged yet."""
+        return len(self._staging)
 
     def staged_age(self) -> float:
         """Seconds the oldest staged message has waited (0 when none is)."""
-        return time.monotonic() - self._staged_since if self._staged else 0.0
+        oldest = self._staging.oldest()
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
-    def flush(self) -> List[Optional[int]]:
-        """Commit every staged message in one transaction; their ids (None: dropped, the outbox was full)."""
-        return self._commit([]) if self._staged else []
+    def flush(self, before: Optional[float] = None) -> List[Optional[int]]:
+        """Commit the messages staged before ``before`` (``time.monotonic()``; all when None) in one transaction;
+        their ids (None: dropped, the outbox was full)."""
+        with self._lock:
+            oldest = self._staging.oldest()
+        if oldest is None or (before is not None and oldest >= before):
+            return []
+        return self._commit([], before)
 
-    def _commit(self, messages: List["Message"]) -> List[Optional[int]]:
+    def _commit(self, messages: List["Message"], before: Optional[float] = None) -> List[Optional[int]]:
         ids: List[Optional[int]] = []
+        taken: List[Staged] = []
+        done: List[Message] = []
+
+        def after() -> None:  # under the lock, once the rows are durable
+            self._staging.committed(zip(taken, ids))
+            for m, row_id in zip(done, ids):
+                if row_id is not None:
+                    self.committed[m.kind] = self.committed.get(m.kind, 0) + 1
+
         added = 0
-        taken: List[Message] = []
         try:
-            with self._transaction() as cur:
-                taken, self._staged = self._staged, []  # under the lock
-                messages = taken + messages
-                for m in messages:
+            with self._transaction(after=after) as cur:
+                taken[:] = self._staging.take(before)  # under the lock
+                done[:] = [s.message for s in taken] + messages
+                for m in done:
                     ids.append(self._insert(cur, m))
                     added += (len(m.payload) + len(m.topic)) if ids[-1] is not None else 0
         except BaseException:
             with self._lock:  # nothing was committed: the staged messages wait for the next try
-                self._staged = taken + self._staged
+                self._staging.put_back(taken)
             raise
-        for m, row_id in zip(messages, ids):
+        for m, row_id in zip(done, ids):
             if row_id is None:
                 log.warning("outbox full (%d bytes of messages): dropped a new %s", self._bytes, m.kind)
-            else:
-                self.committed[m.kind] = self.committed.get(m.kind, 0) + 1
         self._bytes += added
         if added and self.on_put is not None:
             self.on_put()
@@ -203,24 +145,31 @@ class Outbox(object):
         size = len(m.payload) + len(m.topic)
         cost = disk_cost(size, self.page)
         if not (self._fits(cur, cost) or self._evict(cur, cost, prio)):
-            self._count(cur, "dropped_" + m.kind)
+            count(cur, "dropped_" + m.kind)
             return None
         cur.execute("INSERT INTO outbox (kind, priority, topic, payload, qos, retain, size, created, captured) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (m.kind, prio, m.topic, sqlite3.Binary(m.payload), m.qos,
                                                           int(m.retain), size, time.time(), m.captured))
+        self._tx_rows += 1
         return cur.lastrowid
 
     @contextlib.contextmanager
-    def _transaction(self, synchronous: str = "FULL") -> Iterator[sqlite3.Cursor]:
-        """BEGIN IMMEDIATE .. COMMIT under the lock (ROLLBACK on any error), then the log is kept small."""
+    def _transaction(self, synchronous: str = "FULL", after: Optional[Callable[[], None]] = None
+                     ) -> Iterator[sqlite3.Cursor]:
+        """BEGIN IMMEDIATE .. COMMIT under the lock (ROLLBACK on any error), then ``after`` (lock held) and the log
+        is kept small."""
         with self._lock:
             if synchronous != "FULL":
                 self._db.execute("PRAGMA synchronous=%s" % synchronous)
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
+            self._tx_rows = 0
             try:
                 yield cur
                 cur.execute("COMMIT")
+                self._rows += self._tx_rows
+                if after is not None:
+                    after()
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
@@ -228,7 +177,7 @@ class Outbox(object):
                 cur.close()  # an open statement would hold a read lock and stop the checkpoint
                 if synchronous != "FULL":
                     self._db.execute("PRAGMA synchronous=FULL")
-            self._keep_log_small()
+            keep_log_small(self._db, self.path, self.wal_slack)
 
     def _evict(self, cur: sqlite3.Cursor, cost: int, prio: int) -> bool:
         """Delete lowest-priority, oldest rows (priority <= prio) until a row of ``cost`` fits; nothing is deleted
@@ -247,8 +196,9 @@ class Outbox(object):
             cur.execute("RELEASE evict")
             return False
         cur.execute("RELEASE evict")
+        self._tx_rows -= len(chosen)
         for _, kind, size in chosen:
-            self._count(cur, "evicted_" + kind)
+            count(cur, "evicted_" + kind)
             self._bytes -= size
         log.warning("outbox full: evicted %d message(s) (%s)", len(chosen),
                     ", ".join(sorted({k for _, k, _ in chosen})))
@@ -266,59 +216,105 @@ class Outbox(object):
         log_peak = self.wal_slack + (need + 4) * (self.page + 24)
         return database + log_peak + SHM_BYTES <= self.max_bytes
 
-    def _log_bytes(self) -> int:
-        try:
-            return os.path.getsize(self.path + "-wal")
-        except OSError:
-            return 0
-
-    def _keep_log_small(self) -> None:
-        """Checkpoint and truncate the write-ahead log once it is past ``wal_slack`` (lock held)."""
-        if self._log_bytes() > self.wal_slack:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
-    def _count(self, cur: sqlite3.Cursor, name: str, n: int = 1) -> None:
-        cur.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
-                    "value = value + excluded.value", (name, n))
-
     # -- reading and acknowledging ---------------------------------------------------------------------------
     def pending(self, limit: int, exclude: Optional[set] = None) -> List[Row]:
-        """Oldest first, highest priority first within what is waiting; ``exclude``: ids already in flight."""
-        exclude = exclude or set()
+        """Committed rows, oldest first, highest priority first; ``exclude``: ids (or staged keys) already in
+        flight. No query while the outbox holds no row (below the maximum rate, with the broker there)."""
         with self._lock:
+            if self._rows <= 0:
+                return []
+            busy = self._staging.rows_of(exclude or ())
             rows = self._db.execute(
                 "SELECT id, kind, topic, payload, qos, retain, attempts, captured, created FROM outbox "
-                "ORDER BY priority DESC, id LIMIT ?", (limit + len(exclude),)).fetchall()
+                "ORDER BY priority DESC, id LIMIT ?", (limit + len(busy),)).fetchall()
         out = [Row(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5]), r[6], r[7], r[8]) for r in rows
-               if r[0] not in exclude]
+               if r[0] not in busy]
         return out[:limit]
+
+    def fresh(self, limit: int) -> List[Row]:
+        """Up to ``limit`` staged messages not sent yet, oldest first, to send before their commit; each has its
+        staged key (below 0) as ``id``, for :meth:`ack_many`, :meth:`refused` and ``exclude``."""
+        with self._lock:
+            out = self._staging.hand(limit)
+        return [Row(s.key, s.message.kind, s.message.topic, s.message.payload, s.message.qos, s.message.retain, 0,
+                    s.message.captured, s.wall) for s in out]
 
     def ack(self, row_id: int) -> bool:
         """The broker acknowledged: delete. False when the row was already gone (a duplicate ack)."""
         return bool(self.ack_many([row_id]))
 
     def ack_many(self, row_ids: List[int]) -> List[int]:
-        """Delete acknowledged rows in one transaction; returns the ids that were still there.
+        """The broker acknowledged these rows or staged keys: delete the rows in one transaction, and a staged
+        message acknowledged before its commit is never written (counted as sent all the same). Returns the ids and
+        keys that were still there.
 
         Deletes commit with ``synchronous=NORMAL``: a delete lost to a power cut only means the message is sent
         once more (delivery is at-least-once), while every insert keeps ``synchronous=FULL``."""
         done: List[int] = []
+        early: Dict[str, int] = {}  # kind -> acknowledged before their commit
+        with self._lock:
+            for key in row_ids:
+                if key >= 0:
+                    continue
+                self._unstage(key)  # when still staged
+                kind = self._early.pop(key, None)
+                if kind is not None:
+                    early[kind] = early.get(kind, 0) + 1
+                    done.append(key)
+        gone = set(done)
+        rest = [k for k in row_ids if k not in gone]
+        if not rest and not early:
+            return done
         freed = 0
         with self._transaction(synchronous="NORMAL") as cur:
-            for row_id in row_ids:
-                row = cur.execute("SELECT size, kind FROM outbox WHERE id = ?", (row_id,)).fetchone()
+            for key in rest:
+                row_id = self._staging.row_of(key, forget=True)
+                row = None if row_id is None else cur.execute("SELECT size, kind FROM outbox WHERE id = ?",
+                                                              (row_id,)).fetchone()
                 if row is None:
                     continue
                 cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-                self._count(cur, "sent_" + row[1])
+                self._tx_rows -= 1
+                count(cur, "sent_" + row[1])
                 freed += row[0]
-                done.append(row_id)
+                done.append(key)
+            for kind, n in early.items():
+                count(cur, "sent_" + kind, n)
         self._bytes -= freed
         return done
+
+    def unstage(self, key: int) -> bool:
+        """The broker acknowledged the staged message of ``key``: it leaves the group now and is never written;
+        :meth:`ack_many` counts it as sent with the next deletes. False when it is not staged (committed)."""
+        with self._lock:
+            return self._unstage(key) is not None
+
+    def _unstage(self, key: int) -> Optional[str]:
+        s = self._staging.acknowledged(key)
+        if s is None:
+            return None
+        self._early[key] = s.message.kind
+        self.committed[s.message.kind] = self.committed.get(s.message.kind, 0) + 1
+        return s.message.kind
+
+    def _row_id(self, key: int) -> Optional[int]:
+        """The row of an id or staged key; a staged message is committed first (it is about to be refused)."""
+        if key >= 0:
+            return key
+        with self._lock:
+            staged = self._staging.is_staged(key)
+        if staged:
+            self.flush()
+        with self._lock:
+            return self._staging.row_of(key, forget=True)
 
     def refused(self, row_id: int, reason: str) -> bool:
         """The broker refused the message (e.g. not authorized). After ``max_attempts`` it moves to dead_letter.
         Returns True when it was dead-lettered."""
+        found = self._row_id(row_id)
+        if found is None:
+            return False
+        row_id = found
         with self._lock:
             row = self._db.execute("SELECT attempts FROM outbox WHERE id = ?", (row_id,)).fetchone()
             if row is None:
@@ -329,9 +325,14 @@ class Outbox(object):
         return self.dead_letter(row_id, reason, row[0] + 1)
 
     def dead_letter(self, row_id: int, reason: str, attempts: int = 1) -> bool:
-        """Move a row that can never be delivered to ``dead_letter`` (a refusal for good: the broker said no
-        ``max_attempts`` times, or the MQTT client will not send its topic or payload). True when it was there."""
+        """Move a row (or a staged message, committed first) that can never be delivered to ``dead_letter`` (a
+        refusal for good: the broker said no ``max_attempts`` times, or the MQTT client will not send its topic or
+        payload). True when it was there."""
         reason = reason[:1000]
+        found = self._row_id(row_id)
+        if found is None:
+            return False
+        row_id = found
         with self._lock:
             row = self._db.execute("SELECT kind, topic, payload, created, size FROM outbox WHERE id = ?",
                                    (row_id,)).fetchone()
@@ -344,19 +345,12 @@ class Outbox(object):
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (row_id, kind, topic, sqlite3.Binary(kept), attempts,
                                                             reason, created, time.time()))
             cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-            self._count(cur, "dead_" + kind)
-            self._trim_dead(cur)
+            self._tx_rows -= 1
+            count(cur, "dead_" + kind)
+            trim_dead(cur, self.dead_limit)
         self._bytes -= size
         log.error("dead-lettered message %d on %s after %d attempt(s): %s", row_id, topic[:200], attempts, reason)
         return True
-
-    def _trim_dead(self, cur: sqlite3.Cursor) -> None:
-        """Keep the dead letters within ``dead_limit`` bytes: the oldest go first (counted as ``dead_dropped``)."""
-        total = "SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + LENGTH(reason) + %d), 0) FROM dead_letter" \
-            % ROW_OVERHEAD
-        while int(cur.execute(total).fetchone()[0]) > self.dead_limit:
-            cur.execute("DELETE FROM dead_letter WHERE id = (SELECT id FROM dead_letter ORDER BY died, id LIMIT 1)")
-            self._count(cur, "dead_dropped")
 
     # -- introspection ---------------------------------------------------------------------------------------
     @property
@@ -370,12 +364,18 @@ class Outbox(object):
                    if os.path.exists(p))
 
     def depth(self) -> int:
+        """Rows in the outbox (staged messages not counted), counted by SQLite."""
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            self._rows = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            return self._rows
 
     def counters(self) -> Dict[str, int]:
+        """The counters on disk, with the messages acknowledged before their commit that are not counted there yet."""
         with self._lock:
-            return {k: int(v) for k, v in self._db.execute("SELECT name, value FROM counters")}
+            out = {k: int(v) for k, v in self._db.execute("SELECT name, value FROM counters")}
+            for kind in self._early.values():
+                out["sent_" + kind] = out.get("sent_" + kind, 0) + 1
+        return out
 
     def dead_letters(self) -> List[Dict[str, object]]:
         with self._lock:

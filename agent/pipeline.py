@@ -17,7 +17,9 @@ from ..runtimes.base import Runtime
 from ..runtimes.postprocess import Prediction, to_probabilities, top_k
 from . import decisions, sampling
 from .cameras import CameraConfig, target_key
-from .outbox import Outbox, commit_due
+from .outbox import Outbox
+from . import staging
+from .staging import commit_due
 from .policy import PolicyManager
 from .prefetch import Prepared
 from .regions import MAIN, View, crop
@@ -106,6 +108,7 @@ class FramePipeline(object):
         self.gates = {k: decisions.PublishGate(self.main.settings.publish_mode, self.main.settings.min_interval)
                       for k in keys}
         self._frame_s = 0.0  # the last frame's time in this pipeline (group commit's look ahead)
+        self._held: Optional[float] = None  # monotonic time since staged messages wait to be offered
 
     @property
     def results_committed(self) -> int:
@@ -125,15 +128,16 @@ class FramePipeline(object):
         self.runners[MAIN] = runner
 
     def process(self, item: Prepared, more_waiting: Optional[Callable[[], bool]] = None) -> Optional[Outcome]:
-        """One preprocessed frame: inference (one run per model group), then for every view its decisions and the
-        durable commit of what is published. Nothing is committed before every inference succeeded, so a frame
-        whose inference failed can be run again on another model. Returns the agent's package's verdict on the
-        frame's first view it ran (None when every view of this frame ran on a region's own package).
+        """One preprocessed frame: inference (one run per model group), then for every view its decisions, and what
+        is published staged in the outbox. Nothing is staged before every inference succeeded, so a frame whose
+        inference failed can be run again on another model. Returns the agent's package's verdict on the frame's
+        first view it ran (None when every view of this frame ran on a region's own package).
 
-        ``more_waiting``: asked after the inference, whether the next frame is already prepared. The frame's results
-        and states may then wait to be committed with the next frames' (``outbox.commit_due``: at most 16 messages
-        and 50 ms); when it says no, or is not given, or the group is due, everything staged is committed before
-        this returns. A sample commits at once, with what is staged."""
+        The frame's results and states are offered to the publisher (at once unless ``more_waiting()`` says the next
+        frame is already prepared: then with the next frames', :meth:`_offer`) and wait for a commit shared with the
+        next frames' (``commit_due``: at most 16 messages, and 50 ms, counting the next frame's time); the ones the
+        broker acknowledges first are never written. :meth:`commit_overdue` commits them when no frame comes. A
+        sample commits at once, with what is staged."""
         tel = self.telemetry
         t0 = time.perf_counter()
         scores = {g: probabilities(self.runners[g], batch) for g, batch in item.batches.items()}
@@ -148,8 +152,8 @@ class FramePipeline(object):
             if first is None and view.group == MAIN:
                 first = outcome
         t2 = time.perf_counter()
-        if commit_due(self.outbox.staged, self.outbox.staged_age(), self._frame_s,
-                      more_waiting is not None and more_waiting()):
+        self._offer(more_waiting is not None and more_waiting())
+        if commit_due(self.outbox.staged, self.outbox.staged_age(), self._frame_s):
             self.outbox.flush()
         t3 = time.perf_counter()
         self._frame_s = t3 - t0
@@ -160,6 +164,26 @@ class FramePipeline(object):
         log.debug("%s frame %d: %d view(s), preprocessed in %.1f ms, inference to commit %.1f ms", item.camera,
                   frame.seq, len(item.views), item.preprocess_ms, 1000.0 * (time.perf_counter() - t0))
         return first
+
+    def _offer(self, waiting: bool) -> None:
+        """Wake the publisher for what is staged; while the next frame already waits (the maximum rate), once for
+        the frames of half a ``GROUP_DELAY`` instead: a hand-off per frame there cost the publisher and paho more
+        CPU than the commits it saves (the acks still come back well before the group's commit is due)."""
+        now = time.monotonic()
+        if self._held is None:
+            self._held = now
+        if not waiting or now - self._held + self._frame_s >= staging.GROUP_DELAY / 2:
+            self._held = None
+            self.outbox.offer()
+
+    def commit_wait(self) -> float:
+        """Seconds until what is staged must be committed (``GROUP_DELAY`` after the oldest; inf: nothing staged)."""
+        return staging.GROUP_DELAY - self.outbox.staged_age() if self.outbox.staged else float("inf")
+
+    def commit_overdue(self) -> None:
+        """Between frames: commit what is staged once its oldest message has waited ``GROUP_DELAY``."""
+        if self.commit_wait() <= 0:
+            self.outbox.flush()
 
     def _view(self, item: Prepared, view: View, probs: np.ndarray, inference_ms: float
               ) -> Tuple[Outcome, Tuple[float, float]]:

@@ -269,10 +269,12 @@ class Agent(object):
         while not stop.is_set():
             self._check_threads(p.captures, p.publisher, p.prefetch)
             self._read_messages(p.link, p.policy, p.rollout)
-            item = p.prefetch.take(timeout=IDLE_WAIT)
+            item = p.prefetch.take(timeout=max(0.0, min(IDLE_WAIT, p.pipeline.commit_wait())))
             outcome = None
             if item is not None:
                 outcome = self._process(p, item)
+            else:
+                p.pipeline.commit_overdue()  # no frame came: the staged results must not wait longer
             p.rollout.tick(item, outcome, time.time())
             if item is not None or all(c.state in ("reconnecting", "ended") for c in p.captures):
                 # real progress (a frame processed and committed), or every camera is in a known, reported
@@ -315,6 +317,7 @@ class Agent(object):
         p.prefetch.stop()
         for cap in p.captures:
             cap.stop()
+        p.outbox.flush()  # what is staged and not acknowledged yet: committed before anything else
         end = time.monotonic() + self.drain_timeout
         self._drain(p.outbox, p.link, end)  # the results first, so that the final stats count them as sent
         p.telemetry.commit_stats()

@@ -135,12 +135,79 @@ def test_a_failed_group_commit_keeps_its_messages_staged(tmp_path, monkeypatch):
     ob.close()
 
 
-def test_commit_due_groups_only_while_frames_wait_and_within_its_bounds():
+def test_commit_due_groups_within_its_bounds_at_any_frame_rate():
     from edgesight.agent.outbox import GROUP_DELAY, GROUP_ROWS, commit_due
 
-    assert not commit_due(0, 0.0, 0.0, False)  # nothing staged
-    assert commit_due(1, 0.0, 0.01, False)  # no frame waiting (below the maximum rate): commit at once
-    assert not commit_due(1, 0.0, 0.01, True)  # the next frame is ready and the group is young: wait for it
-    assert commit_due(GROUP_ROWS, 0.0, 0.001, True)  # full
-    assert commit_due(1, GROUP_DELAY - 0.01, 0.02, True)  # the next frame would take it past the delay
-    assert commit_due(1, 0.0, GROUP_DELAY, True)  # a slow model (a Pi at 10 fps) never holds a result back
+    assert not commit_due(0, 0.0, 0.0)  # nothing staged
+    assert not commit_due(1, 0.0, 0.01)  # a young group waits: the broker may acknowledge it first
+    assert commit_due(GROUP_ROWS, 0.0, 0.001)  # full
+    assert commit_due(1, GROUP_DELAY - 0.01, 0.02)  # the next frame would take it past the delay
+    assert commit_due(1, 0.0, GROUP_DELAY)  # a slow model (a Pi at 10 fps) never holds a result back
+    assert not commit_due(GROUP_ROWS - 1, GROUP_DELAY - 0.02, 0.01)
+
+
+# -- sent before the commit ----------------------------------------------------------------------------------------
+def test_a_staged_message_acknowledged_before_its_commit_is_never_written_and_counts_as_sent(tmp_path):
+    ob = Outbox(str(tmp_path / "o.db"))
+    inserts = []
+    real = ob._insert
+    ob._insert = lambda cur, m: inserts.append(m.payload) or real(cur, m)
+    k1 = ob.stage("result", "t/r", b"r1", captured=5.0)
+    k2 = ob.stage("state", "t/st", b"s1", retain=True)
+    assert k1 < 0 and k2 < 0 and k1 != k2
+    sent = ob.fresh(10)
+    assert [(r.id, r.payload, r.retain, r.captured) for r in sent] == [(k1, b"r1", False, 5.0), (k2, b"s1", True, None)]
+    assert ob.fresh(10) == [] and ob.pending(10, exclude={k1, k2}) == []  # each is handed once
+    assert ob.unstage(k1) and not ob.unstage(k1) and ob.staged == 1  # acknowledged: out of the group at once
+    assert ob.counters().get("sent_result") == 1  # counted before the deletes' transaction writes it
+    ids = ob.flush()  # s1 was not acknowledged in time: committed; its key now stands for its row
+    assert inserts == [b"s1"] and len(ids) == 1 and ob.pending(10, exclude={k2}) == []  # still in flight
+    assert sorted(ob.ack_many([k1, k2])) == sorted([k1, k2])  # r1 counted on disk, s1's row deleted
+    assert ob.depth() == 0 and ob.pending(10) == [] and inserts == [b"s1"]
+    assert ob.counters()["sent_result"] == 1 and ob.counters()["sent_state"] == 1
+    assert ob.committed == {"result": 1, "state": 1}  # both accepted, one of them never written
+    assert ob.ack_many([k1, k2]) == []  # duplicate acknowledgements
+    ob.close()
+
+
+def test_a_refused_or_unsendable_staged_message_is_committed_first_and_nothing_is_lost_at_a_close(tmp_path):
+    path = str(tmp_path / "o.db")
+    ob = Outbox(path, max_attempts=2)
+    k1 = ob.stage("result", "t/r", b"r1")
+    k2 = ob.stage("result", "t/r", b"r2")
+    k3 = ob.stage("result", "bad/#", b"r3")
+    assert [r.id for r in ob.fresh(3)] == [k1, k2, k3]
+    assert not ob.refused(k1, "Not authorized")  # the first refusal: committed, one attempt counted
+    assert ob.staged == 0 and [r.payload for r in ob.pending(10)] == [b"r1", b"r2", b"r3"]
+    r1 = ob.pending(10)[0]
+    assert r1.attempts == 1 and not ob.refused(k1, "again")  # the key is spent: the row is sent again by its id
+    assert ob.refused(r1.id, "Not authorized")  # and dead-lettered at the second refusal
+    assert ob.dead_letter(k3, "the MQTT client refuses it")
+    assert [d["topic"] for d in ob.dead_letters()] == ["t/r", "bad/#"]
+    k4 = ob.stage("result", "t/r", b"r4")
+    ob.fresh(1)
+    ob.close()  # staged and in flight at a stop: committed, sent again at the next start
+    ob = Outbox(path)
+    assert [r.payload for r in ob.pending(10)] == [b"r2", b"r4"] and ob.ack_many([k2, k4]) == []  # keys are gone
+    ob.close()
+
+
+def test_the_outbox_reads_no_row_while_it_holds_none(tmp_path):
+    ob = Outbox(str(tmp_path / "o.db"))
+    rid = ob.put("result", "t/r", b"r")
+    assert [r.id for r in ob.pending(10)] == [rid]
+    ob.ack_many([rid])
+    calls = []
+    db = ob._db
+    ob._db = type("Spy", (), {"execute": lambda self, *a: calls.append(a) or db.execute(*a)})()
+    try:
+        assert ob.pending(10) == [] and calls == []  # no query: nothing is there
+    finally:
+        ob._db = db
+    raw = sqlite3.connect(str(tmp_path / "o.db"))  # a row the count did not see (another writer, a bug) is
+    raw.execute("INSERT INTO outbox (kind, priority, topic, payload, qos, retain, size, created) "  # found again
+                "VALUES ('result', 2, 't/r', x'00', 1, 0, 4, 0)")
+    raw.commit()
+    raw.close()
+    assert ob.depth() == 1 and len(ob.pending(10)) == 1  # by the next count (stats, the drain)
+    ob.close()

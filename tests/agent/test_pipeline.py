@@ -56,6 +56,8 @@ def frames(label, n, spec, seq0=0):
 
 
 def committed(outbox, kind):
+    """What the outbox holds of ``kind``, once what is staged is committed (as it is within ``GROUP_DELAY``)."""
+    outbox.flush()
     return [(r.topic, json.loads(r.payload)) for r in outbox.pending(10000) if r.kind == kind]
 
 
@@ -73,33 +75,47 @@ def test_results_are_committed_with_the_documented_payload(example_ort, tmp_path
     assert telemetry.counts == {"seven": 5} and telemetry.classes["seven"]["count"] == 5
 
 
-def test_while_frames_wait_results_commit_in_groups_and_a_sample_commits_them_first(example_ort, tmp_path):
-    from edgesight.agent import outbox as outbox_module
+def test_results_wait_for_a_group_commit_within_its_bounds_and_a_sample_commits_them_first(example_ort, tmp_path):
+    from edgesight.agent import staging
 
     pipe, outbox, telemetry, spec = make(example_ort, tmp_path, policy=SamplingPolicy(enabled=False))
+    woken = []
+    outbox.on_put = lambda: woken.append(outbox.staged)  # the publisher's wake-up
     pipe._frame_s = 0.0  # the look ahead (the last frame's time) is not what is tested here
-    outbox_module_delay = outbox_module.GROUP_DELAY
+    delay = staging.GROUP_DELAY
+    items = list(frames("seven", 20, spec))
     try:
-        outbox_module.GROUP_DELAY = 3600.0  # a slow test machine must not reach the delay: the row bound decides
-        items = list(frames("seven", 20, spec))
-        n = 0
-        while outbox.staged < outbox_module.GROUP_ROWS - 1:  # a result a frame, and the first frame's state
+        staging.GROUP_DELAY = 3600.0  # a slow test machine must not reach the delay: the row bound decides
+        pipe.process(items[0])  # a result and the first state: offered to the publisher, not committed yet
+        assert outbox.staged == 2 and woken == [2] and outbox.pending(10) == [] and pipe.results_committed == 0
+        assert 3599 < pipe.commit_wait() <= 3600
+        pipe.commit_overdue()
+        assert outbox.staged == 2  # not due
+        key = outbox.fresh(1)[0].id  # the publisher sent the result; the broker acknowledged it
+        assert outbox.unstage(key) and outbox.staged == 1 and pipe.results_committed == 1
+        n = 1
+        while outbox.staged < staging.GROUP_ROWS - 1:  # the maximum rate: the next frame is always ready
             pipe.process(items[n], more_waiting=lambda: True)
             pipe._frame_s, n = 0.0, n + 1
-        assert committed(outbox, "result") == [] and pipe.results_committed == 0
-        pipe.process(items[n], more_waiting=lambda: True)  # the group is full: one commit
-        assert len(committed(outbox, "result")) == n + 1 and outbox.staged == 0
-        pipe.process(items[n + 1], more_waiting=lambda: True)
+        assert outbox.pending(100) == [] and pipe.results_committed == 1
+        assert woken == [2]  # held for one hand-off to the publisher (its delay not reached): one wake-up a group
+        pipe.process(items[n])  # the group is full: one commit, the acknowledged result not in it
+        assert outbox.staged == 0 and [r.kind for r in outbox.pending(100)].count("result") == n
+        assert pipe.results_committed == n + 1 and pipe.commit_wait() == float("inf")
+        pipe.process(items[n + 1])
         assert outbox.staged == 1
-        asked = []  # whether a frame waits is asked after this frame's inference, when the answer is known
-        pipe.process(items[n + 2], more_waiting=lambda: asked.append(telemetry.processed) or False)
-        assert asked == [n + 3] and outbox.staged == 0 and pipe.results_committed == n + 3  # nothing waits: all in
+        staging.GROUP_DELAY = 0.0  # no frame came for that long: committed between frames
+        pipe.commit_overdue()
+        assert outbox.staged == 0 and pipe.results_committed == n + 2
+        before = len(woken)
+        pipe.process(items[n + 2], more_waiting=lambda: True)  # past the delays: offered and committed at once
+        assert outbox.staged == 0 and pipe.results_committed == n + 3 and len(woken) == before + 2  # offer, commit
     finally:
-        outbox_module.GROUP_DELAY = outbox_module_delay
+        staging.GROUP_DELAY = delay
     # an uncertain frame's sample is committed at once, after the results staged before it and its own result
     pipe2, outbox2, _, spec = make(example_ort, tmp_path / "two", threshold=1.0)
     for item in frames("three", 2, spec):
-        pipe2.process(item, more_waiting=lambda: True)
+        pipe2.process(item)
     kinds = [r.kind for r in sorted(outbox2.pending(100), key=lambda r: r.id)]
     assert kinds == ["result", "sample", "result", "sample"] and outbox2.staged == 0
 

@@ -2,6 +2,7 @@
 agent more CPU than the rest of publishing it), none is left behind at a stop or sent twice, and it sleeps until a
 commit (or, with a full in-flight window, an ack) wakes it instead of polling the outbox 20 times a second."""
 import json
+import signal
 import time
 
 import pytest
@@ -121,3 +122,45 @@ def test_acks_wake_the_publisher_only_while_its_window_is_full(broker, parts, mo
     outbox.stage("result", "edgesight/pub1/cam/result", b'{"n": 2}')
     outbox.put("result", "edgesight/pub1/cam/result", b'{"n": 3}')
     wait_until(lambda: pub.published == 3, timeout=10.0)
+
+
+def test_staged_results_go_out_before_their_commit_and_the_ones_acknowledged_in_time_are_never_written(broker,
+                                                                                                        parts):
+    """Below the maximum rate with the broker there, a result's commit (a transaction and an fsync) was the agent's
+    largest cost after the inference; now a staged result is sent at once, and its acknowledgement, which wakes the
+    publisher, takes it out of the group before the group's commit is due."""
+    outbox, link, pub, deletes = parts
+    sub = Collector(broker.port)
+    time.sleep(0.5)
+    inserts = []
+    real = outbox._insert
+    outbox._insert = lambda cur, m: inserts.append(m.payload) or real(cur, m)
+    pub.start()
+    for n in range(30):  # a camera at 100 fps
+        outbox.stage("result", "edgesight/pub1/cam/result", json.dumps({"n": n}).encode(), captured=time.time())
+        outbox.offer()
+        wait_until(lambda: outbox.staged == 0, timeout=5.0)  # acknowledged well within GROUP_DELAY
+        time.sleep(0.01)
+    wait_until(lambda: len(results(sub)) >= 30, timeout=10.0)
+    assert sorted(results(sub)) == list(range(30)) and inserts == [] and outbox.depth() == 0
+    wait_until(lambda: sum(deletes) == 30, timeout=5.0)  # the sent counts, written in groups
+    assert outbox.counters()["sent_result"] == 30 and outbox.committed == {"result": 30}
+    assert len(deletes) <= 10 and len(pub.capture_to_ack_ms) == 30
+    # with the broker frozen, nothing is acknowledged: the group is committed, and the acks that come after delete
+    # the rows under the keys they were sent with, without a second send
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        for n in range(30, 35):
+            outbox.stage("result", "edgesight/pub1/cam/result", json.dumps({"n": n}).encode())
+            outbox.offer()
+        wait_until(lambda: pub.published == 35, timeout=5.0)
+        assert outbox.flush() and outbox.depth() == 5 and len(inserts) == 5
+        pub.wake()
+        time.sleep(0.3)
+        assert pub.published == 35  # in flight under their keys: not sent again from the rows
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: outbox.depth() == 0 and len(results(sub)) >= 35, timeout=10.0)
+    assert sorted(results(sub)) == list(range(35)) and pub.published == 35
+    assert outbox.counters()["sent_result"] == 35
+    sub.close()
