@@ -9,7 +9,8 @@ ONNX Runtime's defaults, so its workers spin-wait; OpenCV in the calling thread,
 Runtime workers that do not spin). Model: the MobileNetV2-class FP32 ONNX of bench/mobilenetv2.py (224x224), ONNX
 Runtime; frames: 640x480 JPEGs. Each side runs N_short and N_long frames as a fresh process; CPU per frame =
 (CPU(N_long) - CPU(N_short)) / (N_long - N_short), user + system of the whole process from wait4, so start-up
-cancels out; frame rate the same way from wall time.
+cancels out; frame rate the same way from wall time. The loop and the agent take turns within each repeat; the CPU
+ratio is the median of the repeats' ratios (each repeat's is printed too).
 Camera paced at 30 fps, and as fast as possible; first, the agent's CPU per second when idle.
 Targets (issue 18): CPU per frame <= 1.10x the loop at 30 fps and at the maximum rate, 1 and 2 threads; throughput
 >= 1.2x the loop with threads = cores - 1.
@@ -82,15 +83,27 @@ def measure(cmd, env=None):
     return ru.ru_utime + ru.ru_stime, wall
 
 
-def per_frame(run, short: int, long: int, repeats: int):
-    """Median over repeats of (CPU ms per frame, frames per second), from two run lengths differenced."""
-    cpu, fps = [], []
-    for _ in range(repeats):
-        c1, w1 = run(short)
-        c2, w2 = run(long)
-        cpu.append(1000.0 * (c2 - c1) / (long - short))
-        fps.append((long - short) / max(1e-6, w2 - w1))
-    return statistics.median(cpu), statistics.median(fps)
+def per_frame(run, short: int, long: int):
+    """(CPU ms per frame, frames per second) of one pair of runs, two run lengths differenced."""
+    c1, w1 = run(short)
+    c2, w2 = run(long)
+    return 1000.0 * (c2 - c1) / (long - short), (long - short) / max(1e-6, w2 - w1)
+
+
+def paired(hand, agent, short: int, long: int, repeats: int):
+    """The loop and the agent measured side by side in each repeat (in turns first), so that both see the same
+    host: this machine's speed drifts between minutes, and measuring all the loop's repeats and then all the
+    agent's compared the drift. Returns the medians (loop CPU ms/f, agent CPU ms/f, loop fps, agent fps) and the
+    sorted per-repeat CPU ratios."""
+    rows = []
+    for i in range(repeats):
+        if i % 2:
+            a, h = per_frame(agent, short, long), per_frame(hand, short, long)
+        else:
+            h, a = per_frame(hand, short, long), per_frame(agent, short, long)
+        rows.append((h[0], a[0], h[1], a[1]))
+    medians = [statistics.median(r[k] for r in rows) for k in range(4)]
+    return medians, sorted(r[1] / r[0] for r in rows)
 
 
 def idle_cpu(work, pkg, images, port, seconds):
@@ -187,8 +200,9 @@ def main() -> int:
         images = make_images(os.path.join(work, "frames"))
         print("MobileNetV2 FP32 224x224 on ONNX Runtime, 640x480 JPEG folder, %d cores; N = %d and %d frames "
               "differenced, median of %d" % (os.cpu_count(), args.short, args.long, args.repeats))
-        print("%-8s %7s %14s %14s %8s %10s %10s %8s" % ("camera", "threads", "loop CPU ms/f", "agent CPU ms/f",
-                                                       "x loop", "loop fps", "agent fps", "x loop"))
+        print("%-8s %7s %14s %14s %8s %10s %10s %8s  %s" % ("camera", "threads", "loop CPU ms/f", "agent CPU ms/f",
+                                                           "x loop", "loop fps", "agent fps", "x loop",
+                                                           "CPU x loop by repeat"))
         if args.idle:
             print("agent idle (a camera at 0.01 fps): %.2f ms CPU per second" % idle_cpu(work, pkg, images,
                                                                                       broker.port, args.idle))
@@ -209,10 +223,10 @@ def main() -> int:
                     return measure([sys.executable, "-m", "edgesight", "agent", "--config", cfg, "--max-frames",
                                     str(n)])
 
-                hc, hf = per_frame(hand, args.short, args.long, args.repeats)
-                ac, af = per_frame(agent, args.short, args.long, args.repeats)
-                print("%-8s %7d %14.2f %14.2f %8.2f %10.1f %10.1f %8.2f" % (
-                    "%g fps" % rate if rate else "max", threads, hc, ac, ac / hc, hf, af, af / hf), flush=True)
+                (hc, ac, hf, af), ratios = paired(hand, agent, args.short, args.long, args.repeats)
+                print("%-8s %7d %14.2f %14.2f %8.2f %10.1f %10.1f %8.2f  %s" % (
+                    "%g fps" % rate if rate else "max", threads, hc, ac, statistics.median(ratios), hf, af, af / hf,
+                    " ".join("%.2f" % r for r in ratios)), flush=True)
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
