@@ -61,8 +61,8 @@ class Score(_Part):
 
 class Latency(_Part):
     inference: float = Field(ge=0, description="ms in the runtime")
-    capture_to_commit: float = Field(description="ms from capture to the result handed to the durable outbox "
-                                     "(committed at once; at the maximum frame rate within 50 ms, in a group)")
+    capture_to_commit: float = Field(description="ms from capture to the result handed to the outbox (sent at "
+                                     "once; committed within 50 ms unless the broker acknowledged it first)")
 
 
 class Result(_Payload):
@@ -197,9 +197,9 @@ class Stats(_Payload):
     capture_to_ack_ms: Percentiles = Field(description="capture to the broker's PUBACK")
     stages_ms: Dict[str, Percentiles] = Field(
         default_factory=dict, max_length=16, description="where a frame's time goes: decode, preprocess, inference, "
-                                                         "postprocess, commit (durable outbox; at the maximum "
-                                                         "frame rate frames share a group commit, so most show only "
-                                                         "the hand-over), publish (commit to handed to the MQTT "
+                                                         "postprocess, commit (the hand-over to the outbox, and "
+                                                         "the group commit where one was due after this frame), "
+                                                         "publish (committed, or staged, to handed to the MQTT "
                                                          "connection)")
     dropped_frames: Count = Field(description="frames dropped as stale, all cameras")
     cameras: Dict[str, CameraStats] = Field(description="per camera")
