@@ -26,7 +26,7 @@ import time
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
 
 from .outbox_db import count, disk_cost, keep_log_small, open_database, trim_dead
-from .staging import GROUP_DELAY, GROUP_ROWS, Message, Staged, Staging, commit_due  # noqa: F401 (re-exported)
+from .staging import Message, Staged, Staging
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +99,11 @@ class Outbox(object):
         oldest = self._staging.oldest()
         return 0.0 if oldest is None else time.monotonic() - oldest
 
-    def flush(self, before: Optional[float] = None) -> List[Optional[int]]:
-        """Commit the messages staged before ``before`` (``time.monotonic()``; all when None) in one transaction;
-        their ids (None: dropped, the outbox was full)."""
-        with self._lock:
-            oldest = self._staging.oldest()
-        if oldest is None or (before is not None and oldest >= before):
-            return []
-        return self._commit([], before)
+    def flush(self) -> List[Optional[int]]:
+        """Commit every staged message in one transaction; their ids (None: dropped, the outbox was full)."""
+        return self._commit([]) if self._staging else []
 
-    def _commit(self, messages: List["Message"], before: Optional[float] = None) -> List[Optional[int]]:
+    def _commit(self, messages: List["Message"]) -> List[Optional[int]]:
         ids: List[Optional[int]] = []
         taken: List[Staged] = []
         done: List[Message] = []
@@ -122,7 +117,7 @@ class Outbox(object):
         added = 0
         try:
             with self._transaction(after=after) as cur:
-                taken[:] = self._staging.take(before)  # under the lock
+                taken[:] = self._staging.take()  # under the lock
                 done[:] = [s.message for s in taken] + messages
                 for m in done:
                     ids.append(self._insert(cur, m))

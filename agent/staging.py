@@ -58,10 +58,9 @@ class Staging(object):
     def oldest(self) -> Optional[float]:
         return self.items[0].at if self.items else None
 
-    def take(self, before: Optional[float] = None) -> List[Staged]:
-        """Remove and return the messages staged before ``before`` (all of them when None), oldest first."""
-        n = len(self.items) if before is None else sum(1 for s in self.items if s.at < before)
-        taken, self.items = self.items[:n], self.items[n:]
+    def take(self) -> List[Staged]:
+        """Remove and return every message, oldest first (a commit takes the whole group)."""
+        taken, self.items = self.items, []
         return taken
 
     def put_back(self, taken: List[Staged]) -> None:

@@ -136,7 +136,7 @@ def test_a_failed_group_commit_keeps_its_messages_staged(tmp_path, monkeypatch):
 
 
 def test_commit_due_groups_within_its_bounds_at_any_frame_rate():
-    from edgesight.agent.outbox import GROUP_DELAY, GROUP_ROWS, commit_due
+    from edgesight.agent.staging import GROUP_DELAY, GROUP_ROWS, commit_due
 
     assert not commit_due(0, 0.0, 0.0)  # nothing staged
     assert not commit_due(1, 0.0, 0.01)  # a young group waits: the broker may acknowledge it first

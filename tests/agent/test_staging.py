@@ -8,15 +8,15 @@ def msg(n):
     return Message("result", "t/r", b"%d" % n)
 
 
-def test_keys_are_below_zero_and_a_group_is_taken_oldest_first_up_to_a_time_and_put_back_in_front():
+def test_keys_are_below_zero_and_a_group_is_taken_oldest_first_and_put_back_in_front():
     st = Staging()
-    keys = [st.add(msg(n), at=float(n), wall=100.0 + n) for n in range(4)]
-    assert all(k < 0 for k in keys) and len(set(keys)) == 4 and st.oldest() == 0.0 and len(st) == 4
-    taken = st.take(before=2.0)
-    assert [s.key for s in taken] == keys[:2] and [s.key for s in st.items] == keys[2:]
+    keys = [st.add(msg(n), at=float(n), wall=100.0 + n) for n in range(2)]
+    assert all(k < 0 for k in keys) and len(set(keys)) == 2 and st.oldest() == 0.0 and len(st) == 2
+    taken = st.take()
+    later = st.add(msg(2), at=2.0, wall=102.0)  # staged while the commit ran
     st.put_back(taken)  # the commit failed
-    assert [s.key for s in st.items] == keys
-    assert [s.key for s in st.take()] == keys and len(st) == 0 and st.oldest() is None
+    assert [s.key for s in st.items] == keys + [later] and st.oldest() == 0.0
+    assert [s.key for s in st.take()] == keys + [later] and len(st) == 0 and st.oldest() is None
 
 
 def test_each_message_is_handed_once_and_only_a_handed_one_becomes_an_alias_of_its_row():
