@@ -35,8 +35,9 @@ def register(sub: Any) -> None:
                    "of every artifact (default 0.99)")
     p.add_argument("--calib-count", type=positive, default=300, help="calibration images to sample (default 300)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
-                   help="ONNX calibration method (default minmax, see docs/converting.md)")
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile", "mse"), default="minmax",
+                   help="ONNX calibration method (default minmax, MSE ranges where min-max misses --min-cosine; "
+                        "see docs/converting.md)")
     p.add_argument("--tflite-io", choices=("int8", "float"), default="float",
                    help="TFLite input/output type around the int8 body (default float: faster from Python)")
     p.add_argument("--name", help="package name (default: model file name)")

@@ -16,12 +16,13 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 import numpy as np
 
 from ..errors import ConversionError, MissingDependencyError, require_module
-from . import onnx_rewrite, sensitivity
+from . import onnx_rewrite, ranges, sensitivity
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 DEFAULT_METHOD = "minmax"  # chosen by measured accuracy on the example model: see docs/converting.md
+MSE = "mse"  # min-max calibration, then each tensor's range narrowed to its least quantization error (ranges.py)
 
 
 class QuantProfile(NamedTuple):
@@ -74,8 +75,9 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
     q = _import_quantization()
     p = PROFILES[profile]
     qtype = {"int8": q.QuantType.QInt8, "uint8": q.QuantType.QUInt8}
+    calibrated = "minmax" if method == MSE else method
     calib = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-             "percentile": q.CalibrationMethod.Percentile}[method]
+             "percentile": q.CalibrationMethod.Percentile}[calibrated]
     extra = {"ActivationSymmetric": p.activation_symmetric, "WeightSymmetric": True,
              "QuantizeBias": p.quantize_bias}
     if method == "percentile":
@@ -88,17 +90,22 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
         # the activation ranges depend on the model and the images, not on which nodes stay in float nor on the
         # profile (symmetry and types are applied to them afterwards): calibrated once, then every try of the
         # sensitivity step and the other profile only place Q/DQ (ONNX Runtime >= 1.32 takes a cache)
-        cache = {"calibration_cache_path": "%s.%s.ranges.json" % (prepared, method)} if _takes_cache(q) else {}
+        cache = {"calibration_cache_path": "%s.%s.ranges.json" % (prepared, calibrated)} if _takes_cache(q) else {}
         requantized = [0]
 
-        def quantize(exclude: Sequence[str], path: str) -> None:
+        def quantize(exclude: Sequence[str], path: str, rule: str = method) -> None:
+            options = dict(extra)
+            if rule == MSE:
+                narrowed = _mse_ranges(prepared, reader, tuning)["symmetric" if p.activation_symmetric else
+                                                                 "asymmetric"]
+                options["TensorQuantOverrides"] = ranges.as_overrides(narrowed)
             if hasattr(reader, "rewind"):
                 reader.rewind()
             try:
                 with contextlib.redirect_stdout(_LogWriter()):  # the entropy/percentile calibrators print
                     q.quantize_static(prepared, path, reader, quant_format=q.QuantFormat.QDQ,
                                       activation_type=qtype[p.activation], weight_type=qtype[p.weight],
-                                      per_channel=p.per_channel, calibrate_method=calib, extra_options=extra,
+                                      per_channel=p.per_channel, calibrate_method=calib, extra_options=options,
                                       nodes_to_exclude=list(exclude), **cache)
             except Exception as exc:
                 raise ConversionError("onnxruntime quantize_static failed for the %s profile: %s: %s"
@@ -110,20 +117,66 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
         if tuning is None:
             import onnx
 
-            kept, cosine = sensitivity.default_float_nodes(onnx.load(prepared)), None
+            kept, cosine, rule = sensitivity.default_float_nodes(onnx.load(prepared)), None, method
             quantize(kept, dst)
         else:
-            tuned = sensitivity.tune(prepared, dst, quantize, tuning.input_name, tuning.tensors, tuning.min_cosine)
-            kept, cosine = tuned.excluded, tuned.cosine
-            steps["sensitivity"] = "%d round(s), logit cosine %s on %d images, lower bound %.4f (target %.3f)" % (
-                tuned.rounds, " -> ".join("%.4f" % c for c in tuned.history), len(tuning.tensors), tuned.bound,
-                tuning.min_cosine)
+            rules = (method, MSE) if method == "minmax" else (method,)  # MSE narrows min-max ranges, not the others
+            tuned = sensitivity.tune(prepared, dst, quantize, tuning.input_name, tuning.tensors, tuning.min_cosine,
+                                     ranges=rules)
+            kept, cosine, rule = tuned.excluded, tuned.cosine, tuned.ranges
+            steps["sensitivity"] = "%s%d round(s), logit cosine %s on %d images, lower bound %.4f (target %.3f)" % (
+                _ranges_tried(tuned.by_rule), tuned.rounds, " -> ".join("%.4f" % c for c in tuned.history),
+                len(tuning.tensors), tuned.bound, tuning.min_cosine)
         logs.raise_if_degraded(src, profile)
         if requantized[0]:
             steps["requantize"] = "%d HardSigmoid -> QuantizeLinear (no float kernel)" % requantized[0]
-        steps["quantize_static"] = "%s, %s calibration, %d node(s) kept in float" % (profile, method, len(kept))
+        steps["quantize_static"] = "%s, %s calibration%s, %d node(s) kept in float" % (
+            profile, calibrated, ", ranges narrowed to the least squared error (mse)" if rule == MSE else "",
+            len(kept))
     strip_unused_opsets(dst)
     return Quantized(dst, steps, kept, cosine)
+
+
+def _ranges_tried(by_rule: Dict[str, float]) -> str:
+    if len(by_rule) < 2:
+        return ""
+    return "activation ranges %s; " % ", ".join("%s %.4f" % kv for kv in by_rule.items())
+
+
+def _mse_ranges(prepared: str, reader, tuning: Optional[Tuning]) -> Dict[str, Dict[str, Any]]:
+    """The MSE ranges of ``prepared`` (both kinds), measured once per conversion and kept beside it."""
+    saved = prepared + ".mse-ranges.json"
+    if os.path.isfile(saved):
+        with open(saved) as f:
+            return json.load(f)
+    if tuning is not None:
+        input_name, tensors = tuning.input_name, tuning.tensors
+    else:
+        input_name, tensors = _first_images(reader, MSE_IMAGES)
+    found = ranges.mse_ranges(prepared, input_name, tensors)
+    with open(saved, "w") as f:
+        json.dump(found, f)
+    return found
+
+
+MSE_IMAGES = 64
+
+
+def _first_images(reader, limit: int) -> Tuple[str, np.ndarray]:
+    """The input name and the first ``limit`` images of an onnxruntime CalibrationDataReader."""
+    if hasattr(reader, "rewind"):
+        reader.rewind()
+    name, batches, count = "", [], 0
+    while count < limit:
+        item = reader.get_next()
+        if not item:
+            break
+        (name, batch), = item.items()
+        batches.append(np.asarray(batch))
+        count += len(batches[-1])
+    if not batches:
+        raise ConversionError("the calibration reader gave no images for the MSE ranges")
+    return name, np.concatenate(batches)[:limit]
 
 
 @contextlib.contextmanager

@@ -6,7 +6,9 @@ MatMuls (both inputs activations) run in float. INT8 there costs transformers mo
 logit cosine 0.82 in the issue, 0.84 measured here) and buys CNNs nothing (ConvNeXt-atto on ONNX Runtime's CPU:
 0.57x FP32 with the GELU subgraph in float, 0.83x with only its Erf, 0.92x with none).
 
-Then a sensitivity step, as onnxruntime's ``qdq_loss_debug`` and Polygraphy's layerwise comparison do: the quantized
+Where the model misses the target with the calibrated activation ranges, the ranges that minimise each tensor's
+quantization error (:mod:`converters.ranges`) are tried first: they cost no speed. Then a sensitivity step, as
+onnxruntime's ``qdq_loss_debug`` and Polygraphy's layerwise comparison do: the quantized
 and the float model run on calibration images with every intermediate tensor saved, each quantized activation's
 signal-to-quantization-noise ratio (SQNR) is measured, and the glue layers (everything but the Conv/Gemm/MatMul
 that carry the weights) are grouped by op type and role (a residual Add of two activations, a bias Add with a
@@ -39,6 +41,8 @@ class Tuned(NamedTuple):
     rounds: int
     history: List[float]  # the cosine after each round
     bound: float  # the lower confidence bound of ``cosine``, which is what meets the target or not
+    ranges: str = "calibrated"  # the activation-range rule of the chosen model
+    by_rule: Dict[str, float] = {}  # the first round's mean cosine under each rule tried
 
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the INT8 payload: never a candidate for float
@@ -119,37 +123,53 @@ def run(model_path: str, input_name: str, tensors: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {input_name: tensors[i:i + 8]})[0] for i in range(0, len(tensors), 8)])
 
 
-def tune(prepared: str, dst: str, quantize: Callable[[Sequence[str], str], None], input_name: str,
-         tensors: np.ndarray, min_cosine: float, max_rounds: int = MAX_ROUNDS) -> Tuned:
-    """Write to ``dst`` the quantization of ``prepared`` that ``quantize(exclude, path)`` makes with the defaults in
-    float, and more groups in float while the logit cosine on ``tensors`` is below ``min_cosine``: its lower
-    confidence bound (:func:`metrics.lower_bound`), so that a few lucky images do not pass a model that misses on the
-    rest. Every try is written to its own file and the chosen one is moved to ``dst``: nothing is quantized twice."""
+def tune(prepared: str, dst: str, quantize: Callable[[Sequence[str], str, str], None], input_name: str,
+         tensors: np.ndarray, min_cosine: float, max_rounds: int = MAX_ROUNDS,
+         ranges: Sequence[str] = ("calibrated",)) -> Tuned:
+    """Write to ``dst`` the quantization of ``prepared`` that ``quantize(exclude, path, rule)`` makes with the
+    defaults in float, and more groups in float while the logit cosine on ``tensors`` is below ``min_cosine``: its
+    lower confidence bound (:func:`metrics.lower_bound`), so that a few lucky images do not pass a model that misses
+    on the rest. ``ranges``: the activation-range rules ``quantize`` knows, in order of preference; where the first
+    misses the target the others are tried before any layer goes to float (they cost no speed), and the best one is
+    kept for the rounds. Every try is written to its own file and the chosen one is moved to ``dst``: nothing is
+    quantized twice."""
     import onnx
 
     model = onnx.load(prepared)
     reference = run(prepared, input_name, tensors)
     with tempfile.TemporaryDirectory(prefix="edgesight-tries-") as work:
-        files: Dict[Tuple[str, ...], str] = {}  # the tries whose file is kept
+        files: Dict[Tuple[str, ...], str] = {}  # the tries whose file is kept, by (rule, *excluded)
         count = itertools.count()
+        rule = ranges[0]
 
-        def cosine_with(exclude: List[str]) -> Tuple[float, float]:
+        def cosine_with(exclude: List[str], rule: str) -> Tuple[float, float]:
             path = os.path.join(work, "try%d.onnx" % next(count))
-            quantize(exclude, path)
-            files[tuple(exclude)] = path
+            quantize(exclude, path, rule)
+            files[(rule,) + tuple(exclude)] = path
             rows = cosine_rows(run(path, input_name, tensors), reference)
             return lower_bound(rows), float(rows.mean())
 
         excluded = default_float_nodes(model)
         float_acts: Dict[str, Any] = {}  # the float model's activations, collected in the first round
-        bound, cosine = cosine_with(excluded)
+        bound, cosine = cosine_with(excluded, rule)
+        by_rule = {rule: cosine}
+        for other in ranges[1:]:
+            if bound >= min_cosine:
+                break
+            (b, c) = cosine_with(excluded, other)
+            by_rule[other] = c
+            if b > bound:
+                os.unlink(files.pop((rule,) + tuple(excluded)))
+                bound, cosine, rule = b, c, other
+            else:
+                os.unlink(files.pop((other,) + tuple(excluded)))
         history = [round(cosine, 5)]
         while bound < min_cosine and len(history) < max_rounds:
-            sqnr = tensor_sqnr(prepared, files[tuple(excluded)], input_name, tensors[:8], float_acts)
+            sqnr = tensor_sqnr(prepared, files[(rule,) + tuple(excluded)], input_name, tensors[:8], float_acts)
             cands = groups(model, set(excluded))
             ranked = sorted(cands, key=lambda g: min([sqnr.get(i, 1e9) for n in cands[g] for i in n.input] or [1e9]))
             ranked = ranked[:TRIES_PER_ROUND] + ([HEAD] if HEAD in ranked[TRIES_PER_ROUND:] else [])  # always tried
-            tried = [(cosine_with(excluded + [n.name for n in cands[g]]), g) for g in ranked]
+            tried = [(cosine_with(excluded + [n.name for n in cands[g]], rule), g) for g in ranked]
             gained = bool(tried) and max(tried)[0][0] >= bound + MIN_GAIN
             if gained:
                 (bound, cosine), best = max(tried)
@@ -157,12 +177,12 @@ def tune(prepared: str, dst: str, quantize: Callable[[Sequence[str], str], None]
                          len(cands[best]), best)
                 excluded = excluded + [n.name for n in cands[best]]
                 history.append(round(cosine, 5))
-            for key in [k for k in files if list(k) != excluded]:  # only the chosen try's file is kept
+            for key in [k for k in files if k != (rule,) + tuple(excluded)]:  # only the chosen try's file is kept
                 os.unlink(files.pop(key))
             if not gained:
                 break  # MobileNetV3 (random weights), CPU profile: +0.0007, +0.0005, +0.0001 for 3, 9 and 8 layers
-        shutil.move(files[tuple(excluded)], dst)
-    return Tuned(excluded, cosine, len(history), history, bound)
+        shutil.move(files[(rule,) + tuple(excluded)], dst)
+    return Tuned(excluded, cosine, len(history), history, bound, rule, by_rule)
 
 
 def tensor_sqnr(prepared: str, qdq: str, input_name: str, tensors: np.ndarray,

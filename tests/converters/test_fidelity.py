@@ -203,7 +203,7 @@ def test_a_group_stays_in_float_only_for_a_real_gain(tmp_path, monkeypatch, gain
         len(state["exclude"]) > len(defaults))))
     calls = []
 
-    def quantize(exclude, out):
+    def quantize(exclude, out, rule="calibrated"):
         state.update(exclude=list(exclude))
         calls.append(tuple(exclude))
         with open(out, "w") as f:
@@ -238,7 +238,7 @@ def test_over_several_rounds_the_chosen_try_is_the_file_left_and_the_one_measure
 
     monkeypatch.setattr(sensitivity, "tensor_sqnr", sqnr)
 
-    def quantize(exclude, out):
+    def quantize(exclude, out, rule="calibrated"):
         state.update(exclude=list(exclude))
         with open(out, "w") as f:
             json.dump(list(exclude), f)
