@@ -80,11 +80,15 @@ class Reader(CalibrationDataReader):
         self.i += 1
         return {input_name: x[self.i - 1:self.i]} if self.i <= len(x) else None
 quant_pre_process(model, os.path.join(work, "pre.onnx"))
+TRT_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add"]  # the tensorrt profile's placement
 for name, act, sym, bias in (("trt", QuantType.QInt8, True, False), ("cpu", QuantType.QUInt8, False, True)):
+    placed = {"op_types_to_quantize": TRT_OPS} if name == "trt" else {}
+    outputs = {"OpTypesToExcludeOutputQuantization": TRT_OPS} if name == "trt" else {}
     quantize_static(os.path.join(work, "pre.onnx"), os.path.join(work, name + ".onnx"), Reader(),
                     quant_format=QuantFormat.QDQ, activation_type=act, weight_type=QuantType.QInt8, per_channel=True,
                     calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": sym, "WeightSymmetric": True, "QuantizeBias": bias})
+                    extra_options=dict(outputs, ActivationSymmetric=sym, WeightSymmetric=True, QuantizeBias=bias),
+                    **placed)
 np.save(os.path.join(work, "calib_nhwc.npy"), x.transpose(0, 2, 3, 1))
 np.save(os.path.join(work, "calibration_image_sample_data_20x128x128x3_float32.npy"), np.zeros((20, 128, 128, 3), np.float32))
 shutil.copyfile(model, os.path.join(work, "hand.onnx"))
