@@ -13,10 +13,10 @@ and the float model run on calibration images with every intermediate tensor sav
 signal-to-quantization-noise ratio (SQNR) is measured, and the glue layers (everything but the Conv/Gemm/MatMul
 that carry the weights) are grouped by op type and role (a residual Add of two activations, a bias Add with a
 constant, ...), plus the classifier head after a CNN's global pooling. Each round the three groups holding the worst
-tensors (and the head) are tried in float, and the one that lifts
-the logit cosine most stays in float, until the cosine on those images reaches ``min_cosine`` (its lower confidence
-bound) or no group lifts it by ``MIN_GAIN``. (ViT-tiny: 0.88 ->
-0.95 with the residual Adds -> 0.999 with the bias Adds; its weight MatMuls all stay INT8.)
+tensors (and the head) are tried in float, and the one that lifts the logit cosine most stays in float, until the
+cosine on those images reaches ``min_cosine`` (its lower confidence bound), no group lifts it by ``MIN_GAIN``, or the
+rounds left could not reach the target at the last round's gain. (ViT-tiny: 0.88 -> 0.95 with the residual Adds ->
+0.999 with the bias Adds; its weight MatMuls all stay INT8.)
 """
 import itertools
 import logging
@@ -46,6 +46,11 @@ class Tuned(NamedTuple):
 
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the INT8 payload: never a candidate for float
+# ops that only move, reshape or describe data: no rounding of their own, so never a candidate either (ViT-tiny: ranked
+# by the SQNR of their inputs, Squeeze, Transpose and Shape took the three tries of a round and the bias Adds, which
+# lift it from 0.958 to 0.999, were never tried)
+DATA_MOVEMENT = ("Shape", "Size", "Squeeze", "Unsqueeze", "Reshape", "Transpose", "Flatten", "Gather", "Slice",
+                 "Split", "Expand", "Tile", "Identity", "Cast", "ConstantOfShape", "Range")
 TRIES_PER_ROUND = 3
 MIN_GAIN = 0.001  # a group stays in float only if it lifts the cosine's lower bound this much: each costs speed
 
@@ -89,7 +94,7 @@ def groups(model, excluded: Set[str]) -> Dict[str, List[Any]]:
     constants = _constants(model)
     out: Dict[str, List[Any]] = {}
     for n in model.graph.node:
-        if not n.name or n.name in excluded or n.op_type in WEIGHTED or n.op_type == "Constant":
+        if not n.name or n.name in excluded or n.op_type in WEIGHTED + DATA_MOVEMENT or n.op_type == "Constant":
             continue
         role = ""
         if n.op_type in ("Add", "Sub", "Mul", "Div"):
@@ -129,60 +134,91 @@ def tune(prepared: str, dst: str, quantize: Callable[[Sequence[str], str, str], 
     """Write to ``dst`` the quantization of ``prepared`` that ``quantize(exclude, path, rule)`` makes with the
     defaults in float, and more groups in float while the logit cosine on ``tensors`` is below ``min_cosine``: its
     lower confidence bound (:func:`metrics.lower_bound`), so that a few lucky images do not pass a model that misses
-    on the rest. ``ranges``: the activation-range rules ``quantize`` knows, in order of preference; where the first
-    misses the target the others are tried before any layer goes to float (they cost no speed), and the best one is
-    kept for the rounds. Every try is written to its own file and the chosen one is moved to ``dst``: nothing is
-    quantized twice."""
+    on the rest. ``ranges``: the activation-range rules ``quantize`` knows, in order of preference. Where the first
+    misses the target, the others are measured too, and the rounds run with the best one first; where its rounds
+    end below the target, the next rule's rounds run, and the best result is kept: a rule that starts higher need not
+    end higher (clipped outliers are lost to every float group). Every try is written to its own file and the chosen
+    one is moved to ``dst``: nothing is quantized twice."""
     import onnx
 
     model = onnx.load(prepared)
-    reference = run(prepared, input_name, tensors)
     with tempfile.TemporaryDirectory(prefix="edgesight-tries-") as work:
-        files: Dict[Tuple[str, ...], str] = {}  # the tries whose file is kept, by (rule, *excluded)
-        count = itertools.count()
-        rule = ranges[0]
-
-        def cosine_with(exclude: List[str], rule: str) -> Tuple[float, float]:
-            path = os.path.join(work, "try%d.onnx" % next(count))
-            quantize(exclude, path, rule)
-            files[(rule,) + tuple(exclude)] = path
-            rows = cosine_rows(run(path, input_name, tensors), reference)
-            return lower_bound(rows), float(rows.mean())
-
-        excluded = default_float_nodes(model)
-        float_acts: Dict[str, Any] = {}  # the float model's activations, collected in the first round
-        bound, cosine = cosine_with(excluded, rule)
-        by_rule = {rule: cosine}
+        tries = _Tries(work, quantize, input_name, tensors, run(prepared, input_name, tensors))
+        defaults = default_float_nodes(model)
+        first = {ranges[0]: tries.measure(defaults, ranges[0])}
         for other in ranges[1:]:
-            if bound >= min_cosine:
+            if first[ranges[0]][0] < min_cosine:
+                first[other] = tries.measure(defaults, other)
+        best: Optional[Tuned] = None
+        for rule in sorted(first, key=lambda r: -first[r][0]):
+            got = _rounds(tries, model, prepared, rule, defaults, first[rule], min_cosine, max_rounds)
+            loser, best = (best, got) if best is None or got.bound > best.bound else (got, best)
+            tries.drop(lambda key: loser is not None and key == (loser.ranges,) + tuple(loser.excluded))
+            if best.bound >= min_cosine:
                 break
-            (b, c) = cosine_with(excluded, other)
-            by_rule[other] = c
-            if b > bound:
-                os.unlink(files.pop((rule,) + tuple(excluded)))
-                bound, cosine, rule = b, c, other
-            else:
-                os.unlink(files.pop((other,) + tuple(excluded)))
-        history = [round(cosine, 5)]
-        while bound < min_cosine and len(history) < max_rounds:
-            sqnr = tensor_sqnr(prepared, files[(rule,) + tuple(excluded)], input_name, tensors[:8], float_acts)
-            cands = groups(model, set(excluded))
-            ranked = sorted(cands, key=lambda g: min([sqnr.get(i, 1e9) for n in cands[g] for i in n.input] or [1e9]))
-            ranked = ranked[:TRIES_PER_ROUND] + ([HEAD] if HEAD in ranked[TRIES_PER_ROUND:] else [])  # always tried
-            tried = [(cosine_with(excluded + [n.name for n in cands[g]], rule), g) for g in ranked]
-            gained = bool(tried) and max(tried)[0][0] >= bound + MIN_GAIN
-            if gained:
-                (bound, cosine), best = max(tried)
-                log.info("logit cosine %.4f (lower bound %.4f) with the %d %s node(s) in float", cosine, bound,
-                         len(cands[best]), best)
-                excluded = excluded + [n.name for n in cands[best]]
-                history.append(round(cosine, 5))
-            for key in [k for k in files if k != (rule,) + tuple(excluded)]:  # only the chosen try's file is kept
-                os.unlink(files.pop(key))
-            if not gained:
-                break  # MobileNetV3 (random weights), CPU profile: +0.0007, +0.0005, +0.0001 for 3, 9 and 8 layers
-        shutil.move(files[(rule,) + tuple(excluded)], dst)
-    return Tuned(excluded, cosine, len(history), history, bound, rule, by_rule)
+        assert best is not None
+        shutil.move(tries.files[(best.ranges,) + tuple(best.excluded)], dst)
+    return best._replace(by_rule={r: c for r, (b, c) in first.items()})
+
+
+class _Tries(object):
+    """The quantized models tried, each in its own file under ``work``, by (rule, *excluded nodes)."""
+
+    def __init__(self, work: str, quantize: Callable[[Sequence[str], str, str], None], input_name: str,
+                 tensors: np.ndarray, reference: np.ndarray) -> None:
+        self.work, self.quantize, self.input_name, self.tensors = work, quantize, input_name, tensors
+        self.reference = reference
+        self.files: Dict[Tuple[str, ...], str] = {}
+        self.float_acts: Dict[str, Any] = {}  # the float model's activations, collected once for every round
+        self._count = itertools.count()
+
+    def measure(self, exclude: List[str], rule: str) -> Tuple[float, float]:
+        """The lower bound and the mean of the logit cosine of this try."""
+        path = os.path.join(self.work, "try%d.onnx" % next(self._count))
+        self.quantize(exclude, path, rule)
+        self.files[(rule,) + tuple(exclude)] = path
+        rows = cosine_rows(run(path, self.input_name, self.tensors), self.reference)
+        return lower_bound(rows), float(rows.mean())
+
+    def drop(self, unwanted: Callable[[Tuple[str, ...]], bool]) -> None:
+        for key in [k for k in self.files if unwanted(k)]:
+            os.unlink(self.files.pop(key))
+
+
+def _rounds(tries: _Tries, model, prepared: str, rule: str, excluded: List[str], first: Tuple[float, float],
+            min_cosine: float, max_rounds: int) -> Tuned:
+    """The rounds of the sensitivity step under one range rule, from the defaults' try (``first``)."""
+    (bound, cosine), history = first, [round(first[1], 5)]
+    while bound < min_cosine and len(history) < max_rounds:
+        sqnr = tensor_sqnr(prepared, tries.files[(rule,) + tuple(excluded)], tries.input_name, tries.tensors[:8],
+                           tries.float_acts)
+        cands = groups(model, set(excluded))
+        ranked = sorted(cands, key=lambda g: min([sqnr.get(i, 1e9) for n in cands[g] for i in n.input] or [1e9]))
+        ranked = ranked[:TRIES_PER_ROUND] + ([HEAD] if HEAD in ranked[TRIES_PER_ROUND:] else [])  # always tried
+        tried = [(tries.measure(excluded + [n.name for n in cands[g]], rule), g) for g in ranked]
+        log.debug("round %d (%s ranges): %s", len(history), rule, ", ".join(
+            "%s %.4f" % (g, b) for (b, _), g in tried))
+        gain = max(tried)[0][0] - bound if tried else 0.0
+        gained = bool(tried) and gain >= MIN_GAIN
+        if gained:
+            (bound, cosine), best = max(tried)
+            log.info("logit cosine %.4f (lower bound %.4f) with the %d %s node(s) in float (%s ranges)", cosine,
+                     bound, len(cands[best]), best, rule)
+            excluded = excluded + [n.name for n in cands[best]]
+            history.append(round(cosine, 5))
+        chosen = (rule,) + tuple(excluded)
+        tries.drop(lambda key: key[0] == rule and key != chosen)  # only this rule's chosen try is kept
+        if not gained:
+            break  # MobileNetV3 (random weights), CPU profile: +0.0007, +0.0005, +0.0001 for 3, 9 and 8 layers
+        if out_of_reach(bound, gain, max_rounds - len(history), min_cosine):
+            log.info("the target is out of reach at +%.4f a round: no more rounds", gain)
+            break  # MobileNetV3's TensorRT profile: +0.001 a round from 0.976, three rounds for 20 float layers
+    return Tuned(excluded, cosine, len(history), history, bound, rule)
+
+
+def out_of_reach(bound: float, gain: float, rounds_left: int, target: float) -> bool:
+    """Could ``rounds_left`` more rounds at this round's ``gain`` not lift ``bound`` to ``target``?"""
+    return bound < target and bound + gain * rounds_left < target
 
 
 def tensor_sqnr(prepared: str, qdq: str, input_name: str, tensors: np.ndarray,

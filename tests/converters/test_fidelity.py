@@ -243,7 +243,8 @@ def test_over_several_rounds_the_chosen_try_is_the_file_left_and_the_one_measure
         with open(out, "w") as f:
             json.dump(list(exclude), f)
 
-    tuned = sensitivity.tune(path, str(tmp_path / "q.onnx"), quantize, "x", data, min_cosine=0.999, max_rounds=4)
+    # +0.02 a round from 0.91: the target is met in the last round (one more round would stop at once)
+    tuned = sensitivity.tune(path, str(tmp_path / "q.onnx"), quantize, "x", data, min_cosine=0.9695, max_rounds=4)
     assert tuned.rounds == 4 and len(tuned.excluded) == 1 + 6, tuned
     assert measured == [["ln"], tuned.excluded[:3], tuned.excluded[:5]]  # each round measures the model chosen
     with open(tmp_path / "q.onnx") as f:
@@ -261,6 +262,7 @@ def test_the_float_model_activations_are_collected_once_for_every_round(tmp_path
                         real_collect(*a, **k))
     monkeypatch.setattr(sensitivity, "tensor_sqnr", lambda *a: rounds.append(1) or real_sqnr(*a))
     monkeypatch.setattr(sensitivity, "MIN_GAIN", -1.0)  # every round runs
+    monkeypatch.setattr(sensitivity, "out_of_reach", lambda *a: False)
     onnx_quant.quantize_onnx(path, str(tmp_path / "q.onnx"), OrtCalibrationReader("x", data), "cpu",
                              tuning=onnx_quant.Tuning("x", data, min_cosine=1.0))
     assert len(rounds) >= 2 and len(collected) == len(rounds) + 1, (len(rounds), len(collected))
