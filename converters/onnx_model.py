@@ -1,5 +1,5 @@
 """Reading an FP32 ONNX classifier's interface (host side; needs the ``onnx`` package)."""
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Set, Tuple
 
 from ..errors import ModelFileError, require_module
 
@@ -14,6 +14,12 @@ class OnnxInterface(NamedTuple):
 
 def import_onnx():
     return require_module("onnx", "Reading ONNX models", "convert")
+
+
+def constant_names(model) -> Set[str]:
+    """The tensors of ``model`` that are constants: its initializers and the outputs of its Constant nodes."""
+    out = {i.name for i in model.graph.initializer}
+    return out | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
 
 
 def _dims(value_info) -> Tuple[Optional[int], ...]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ConversionError, MissingDependencyError, require_module
 from . import onnx_rewrite, ranges, sensitivity
+from .onnx_model import constant_names
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,7 @@ def _bias_adds(path: str) -> List[str]:
     import onnx
 
     model = onnx.load(path)
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = constant_names(model)
     return [n.name for n in model.graph.node if n.op_type == "Add" and any(i in constants for i in n.input)]
 
 

@@ -15,6 +15,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from .onnx_model import constant_names
+
 log = logging.getLogger(__name__)
 
 BINS = 2048
@@ -100,8 +102,7 @@ def observe(model_path: str, input_name: str, tensors: np.ndarray, names: Sequen
 def activation_names(model) -> List[str]:
     """The graph inputs and every node output that is not a constant: the tensors ``quantize_static`` may
     calibrate."""
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = constant_names(model)
     names = [i.name for i in model.graph.input if i.name not in constants]
     return names + [o for n in model.graph.node if n.op_type != "Constant" for o in n.output
                     if o and o not in constants]

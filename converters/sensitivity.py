@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Se
 import numpy as np
 
 from .metrics import cosine_rows, lower_bound
+from .onnx_model import constant_names
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,10 @@ TRIES_PER_ROUND = 3
 MIN_GAIN = 0.001  # a group stays in float only if it lifts the cosine's lower bound this much: each costs speed
 
 
-def _constants(model) -> Set[str]:
-    out = {i.name for i in model.graph.initializer}
-    return out | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-
-
 def default_float_nodes(model) -> List[str]:
     """Nodes of the sensitive op types, the elementwise ops of GELU around each Erf, and MatMuls whose two inputs
     are both activations (attention)."""
-    constants = _constants(model)
+    constants = constant_names(model)
     producer = {o: n for n in model.graph.node for o in n.output}
     consumers: Dict[str, List[Any]] = {}
     for n in model.graph.node:
@@ -91,7 +87,7 @@ def default_float_nodes(model) -> List[str]:
 
 def groups(model, excluded: Set[str]) -> Dict[str, List[Any]]:
     """The glue layers not in float yet, by op type and role (``Add of activations``, ``Mul with a constant``)."""
-    constants = _constants(model)
+    constants = constant_names(model)
     out: Dict[str, List[Any]] = {}
     for n in model.graph.node:
         if not n.name or n.name in excluded or n.op_type in WEIGHTED + DATA_MOVEMENT or n.op_type == "Constant":
