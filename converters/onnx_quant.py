@@ -102,13 +102,15 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
         if cache:  # every float tensor, whichever op types this profile places Q/DQ on: the next profile reuses it
             _calibrate(prepared, reader, calib, extra, cache["calibration_cache_path"])
         requantized = [0]
+        narrowed: Dict[str, Any] = {}  # the MSE ranges, read once for every try
 
         def quantize(exclude: Sequence[str], path: str, rule: str = method) -> None:
             options = dict(extra)
             if rule == MSE:
-                narrowed = _mse_ranges(prepared, reader, tuning)["symmetric" if p.activation_symmetric else
-                                                                 "asymmetric"]
-                options["TensorQuantOverrides"] = ranges.as_overrides(narrowed)
+                if not narrowed:
+                    narrowed.update(_mse_ranges(prepared, reader, tuning)[
+                        "symmetric" if p.activation_symmetric else "asymmetric"])
+                options["TensorQuantOverrides"] = ranges.as_overrides(narrowed)  # fresh: ONNX Runtime may edit it
             if hasattr(reader, "rewind"):
                 reader.rewind()
             try:
