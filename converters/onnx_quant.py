@@ -141,7 +141,7 @@ def quantize_onnx(src: str, dst: str, reader, profile: str = "tensorrt", method:
                 len(tuning.tensors), tuned.bound, tuning.min_cosine)
         logs.raise_if_degraded(src, profile)
         if requantized[0]:
-            steps["requantize"] = "%d HardSigmoid -> QuantizeLinear (no float kernel)" % requantized[0]
+            steps["requantize"] = "%d HardSigmoid -> one requantizing QLinearAdd (no float kernel)" % requantized[0]
         steps["quantize_static"] = "%s, %s calibration%s, %d node(s) kept in float" % (
             profile, calibrated, ", ranges narrowed to the least squared error (mse)" if rule == MSE else "",
             len(kept))

@@ -121,17 +121,42 @@ def _codes(model, dtype=np.uint8):
 @pytest.mark.parametrize("scale_g", [1 / 255.0, 0.8 / 255, 0.5 / 255])
 def test_a_hardsigmoid_between_dq_and_q_is_a_requantization_within_one_step(scale_g):
     """Every input code: the rewritten graph gives the same quantized gate, or one step off where the zero point's
-    rounding (beta / scale is rarely an integer) moves it; where the gate is clipped (0, and 1 or the top of the
-    calibrated range) it is exact."""
+    rounding (beta / scale is rarely an integer) or a rounding tie moves it; where the gate is clipped (below 0,
+    above 1 or above the top of the calibrated range) it is exact."""
     model = _dq_hs_q(scale_g)
     before = _codes(model)
     assert onnx_rewrite.hardsigmoid_as_requantize(model) == 1
-    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "QuantizeLinear"]
+    assert [(n.domain, n.op_type) for n in model.graph.node] == [("com.microsoft", "QLinearAdd")]
     after = _codes(model)
     assert np.abs(after - before).max() <= 1
     assert after.min() == before.min() == 0 and after.max() == before.max()
-    top = before.max()
-    assert (after[(before == 0) | (before == top)] == before[(before == 0) | (before == top)]).all()
+    gate = (np.arange(256) - 128) * 0.05 / 6.0 + 0.5  # the float HardSigmoid of every code (sx 0.05, zx 128)
+    clipped = (gate < -1e-6) | (gate > min(1.0, 255 * scale_g) + 1e-6)
+    assert clipped.sum() > 100 and (after[clipped] == before[clipped]).all()
+
+
+def test_the_dequantization_a_hard_swish_multiplies_by_stays_and_the_gate_reads_the_same_codes():
+    """Hard-swish is ``x * HardSigmoid(x)``: the DequantizeLinear also feeds the Mul, so only the gate's float path
+    goes; the requantization reads the same 8-bit tensor with its own scale and zero point."""
+    from onnx import helper
+
+    model = _dq_hs_q(1 / 255.0)
+    g = model.graph
+    g.node.append(helper.make_node("Mul", ["x", "h"], ["y"], name="swish"))
+    g.output.append(helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [256]))
+    del g.output[0]  # hq is read by the Mul's Q/DQ in a real model; here the float product is the output
+    g.node[-1].input[1] = "hdq"
+    g.node.insert(3, helper.make_node("DequantizeLinear", ["hq", "sg", "zg"], ["hdq"], name="dq_gate"))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    codes = np.arange(256).astype(np.uint8)
+    before = sess.run(None, {"xq": codes})[0]
+    assert onnx_rewrite.hardsigmoid_as_requantize(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("DequantizeLinear") == 2 and "QLinearAdd" in ops and "HardSigmoid" not in ops
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"xq": codes})[0]
+    x = (codes.astype(np.float32) - 128) * 0.05
+    assert np.abs(after - before).max() <= np.abs(x).max() / 255.0 + 1e-6  # one step of the gate times |x|
 
 
 @pytest.mark.parametrize("case", ["zero point above the lowest code", "range above 1", "int8 symmetric"])
