@@ -127,8 +127,8 @@ def hardsigmoid_as_requantize(model) -> int:
     ``z + round(beta / s)``, and the clip at 0 and 1 is the saturation of the quantized type when ``z`` is its lowest
     value and the calibrated range ends at or below 1. The zero point is rounded, so the result moves by at most half
     a quantization step where the gate does not saturate. The requantization is :func:`_requantize`'s QLinearAdd.
-    MobileNetV3 (hard-swish and squeeze-excitation gates) and EfficientViT: 15-20% faster on the CPU than with the
-    float HardSigmoid, logit cosine unchanged (docs/benchmarks.md)."""
+    MobileNetV3 (hard-swish and squeeze-excitation gates) and EfficientViT run faster on the CPU, logit cosine
+    unchanged (docs/converting.md has the numbers)."""
     import numpy as np
 
     g = model.graph
@@ -163,10 +163,12 @@ def hardsigmoid_as_requantize(model) -> int:
                            q.output[0])
         g.node.insert(list(g.node).index(q), node)
         done.append((hs, q, dq))
-    for hs, q, dq in done:
+    for hs, q, _ in done:
         g.node.remove(hs)
         g.node.remove(q)
-        if len(consumers[dq.output[0]]) == 1 and dq.output[0] not in outputs:  # the HardSigmoid was its only reader
+    read = {i for n in g.node for i in n.input} | outputs
+    for dq in {id(dq): dq for _, _, dq in done}.values():
+        if dq.output[0] not in read:  # its HardSigmoids were its only readers (a hard-swish's Mul keeps it)
             g.node.remove(dq)
     if done:
         log.debug("%d HardSigmoid node(s) between DequantizeLinear and QuantizeLinear rewritten as a requantization",

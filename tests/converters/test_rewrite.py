@@ -159,6 +159,21 @@ def test_the_dequantization_a_hard_swish_multiplies_by_stays_and_the_gate_reads_
     assert np.abs(after - before).max() <= np.abs(x).max() / 255.0 + 1e-6  # one step of the gate times |x|
 
 
+def test_a_dequantization_read_only_by_rewritten_gates_goes_with_them():
+    from onnx import helper
+
+    model = _dq_hs_q(1 / 255.0)
+    g = model.graph
+    g.node.extend([helper.make_node("HardSigmoid", ["x"], ["h2"], name="gate2", alpha=1 / 6.0, beta=0.5),
+                   helper.make_node("QuantizeLinear", ["h2", "sg", "zg"], ["hq2"], name="q2")])
+    g.output.append(helper.make_tensor_value_info("hq2", onnx.TensorProto.UINT8, [256]))
+    assert onnx_rewrite.hardsigmoid_as_requantize(model) == 2
+    assert [n.op_type for n in g.node] == ["QLinearAdd", "QLinearAdd"]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a, b = sess.run(None, {"xq": np.arange(256).astype(np.uint8)})
+    assert (a == b).all() and a.max() == 255
+
+
 @pytest.mark.parametrize("case", ["zero point above the lowest code", "range above 1", "int8 symmetric"])
 def test_a_hardsigmoid_whose_clip_the_quantization_does_not_give_is_kept(case):
     model = {"zero point above the lowest code": lambda: _dq_hs_q(1 / 255.0, zero_g=3),
