@@ -66,11 +66,26 @@ def probabilities(runner: Runner, batch: np.ndarray) -> np.ndarray:
     return to_probabilities(out, runner.model.output, runner.model.temperature)
 
 
-def predict(runner: Runner, batch: np.ndarray) -> Outcome:
-    """A model's verdict on the first image of a batch, with its own thresholds (the shadow's)."""
-    best = top_k(probabilities(runner, batch)[0], runner.model.labels, 1)[0]
+def verdict(runner: Runner, probs: np.ndarray) -> Outcome:
+    """A model's top-1 verdict on one image's class scores, with its own thresholds."""
+    best = top_k(probs, runner.model.labels, 1)[0]
     threshold = decisions.threshold_for(best.label, runner.settings.default_threshold, runner.settings.per_class)
     return Outcome(best.label, best.score, decisions.is_accepted(best.score, threshold))
+
+
+def predict(runner: Runner, batch: np.ndarray) -> Outcome:
+    """A model's verdict on the first image of a batch, with its own thresholds (the shadow's)."""
+    return verdict(runner, probabilities(runner, batch)[0])
+
+
+class Inferred(NamedTuple):
+    """A frame after its inference, before its decisions (:meth:`FramePipeline.decide`)."""
+
+    item: Prepared
+    runners: Dict[str, Runner]  # the models it ran on: a swap after its inference does not change its decisions
+    scores: Dict[str, np.ndarray]  # per model group, one row of class scores per image of its batch
+    inference_ms: float
+    outcome: Optional[Outcome]  # the agent's package's verdict on the frame's first view it ran (None: no view did)
 
 
 class Masks(object):
@@ -128,42 +143,55 @@ class FramePipeline(object):
         self.runners[MAIN] = runner
 
     def process(self, item: Prepared, more_waiting: Optional[Callable[[], bool]] = None) -> Optional[Outcome]:
-        """One preprocessed frame: inference (one run per model group), then for every view its decisions, and what
-        is published staged in the outbox. Nothing is staged before every inference succeeded, so a frame whose
-        inference failed can be run again on another model. Returns the agent's package's verdict on the frame's
-        first view it ran (None when every view of this frame ran on a region's own package).
+        """One preprocessed frame, :meth:`infer` then :meth:`decide`, in this thread; the agent runs the two on
+        two threads (agent/decide.py). Returns the agent's package's verdict on the frame's first view it ran."""
+        inferred = self.infer(item)
+        self.decide(inferred, more_waiting)
+        return inferred.outcome
+
+    def infer(self, item: Prepared) -> Inferred:
+        """One run per model group (every region of the frame in one batch), and the agent's package's verdict on
+        the first view it ran (what a rollout's shadow and health check compare). Stages nothing, so a frame whose
+        inference failed can be run again on another model."""
+        runners = dict(self.runners)
+        t0 = time.perf_counter()
+        scores = {g: probabilities(runners[g], batch) for g, batch in item.batches.items()}
+        inference_ms = 1000.0 * (time.perf_counter() - t0)
+        self.telemetry.frame(inference_ms)
+        first = next((v for v in item.views if v.group == MAIN), None)
+        outcome = None if first is None else verdict(runners[MAIN], scores[MAIN][first.row])
+        return Inferred(item, runners, scores, inference_ms, outcome)
+
+    def decide(self, inferred: Inferred, more_waiting: Optional[Callable[[], bool]] = None) -> None:
+        """For every view of an inferred frame its decisions, and what is published staged in the outbox.
 
         The frame's results and states are offered to the publisher (at once unless ``more_waiting()`` says the next
-        frame is already prepared: then with the next frames', :meth:`_offer`) and wait for a commit shared with the
+        frame is already waiting: then with the next frames', :meth:`_offer`) and wait for a commit shared with the
         next frames' (``commit_due``: at most 16 messages, and 50 ms, counting the next frame's time); the ones the
         broker acknowledges first are never written. :meth:`commit_overdue` commits them when no frame comes. A
         sample commits at once, with what is staged."""
-        tel = self.telemetry
+        item, tel = inferred.item, self.telemetry
         t0 = time.perf_counter()
-        scores = {g: probabilities(self.runners[g], batch) for g, batch in item.batches.items()}
-        t1 = time.perf_counter()
-        inference_ms = 1000.0 * (t1 - t0)
-        tel.frame(inference_ms)
-        first: Optional[Outcome] = None
         post_ms = commit_ms = 0.0
         for view in item.views:
-            outcome, times = self._view(item, view, scores[view.group][view.row], inference_ms)
-            post_ms, commit_ms = post_ms + times[0], commit_ms + times[1]
-            if first is None and view.group == MAIN:
-                first = outcome
+            runner = inferred.runners[view.group]
+            post, commit = self._view(item, view, runner, inferred.scores[view.group][view.row],
+                                      inferred.inference_ms)
+            post_ms, commit_ms = post_ms + post, commit_ms + commit
         t2 = time.perf_counter()
         self._offer(more_waiting is not None and more_waiting())
         if commit_due(self.outbox.staged, self.outbox.staged_age(), self._frame_s):
             self.outbox.flush()
         t3 = time.perf_counter()
-        self._frame_s = t3 - t0
+        self._frame_s = t3 - t0 + inferred.inference_ms / 1000.0
         frame = item.frame
-        for name, ms in (("decode", frame.decode_ms), ("preprocess", item.preprocess_ms), ("inference", inference_ms),
-                         ("postprocess", post_ms), ("commit", commit_ms + 1000.0 * (t3 - t2))):
+        for name, ms in (("decode", frame.decode_ms), ("preprocess", item.preprocess_ms),
+                         ("inference", inferred.inference_ms), ("postprocess", post_ms),
+                         ("commit", commit_ms + 1000.0 * (t3 - t2))):
             tel.stage(name, ms)
-        log.debug("%s frame %d: %d view(s), preprocessed in %.1f ms, inference to commit %.1f ms", item.camera,
-                  frame.seq, len(item.views), item.preprocess_ms, 1000.0 * (time.perf_counter() - t0))
-        return first
+        log.debug("%s frame %d: %d view(s), preprocessed in %.1f ms, inference %.1f ms, decisions and commit %.1f ms",
+                  item.camera, frame.seq, len(item.views), item.preprocess_ms, inferred.inference_ms,
+                  1000.0 * (time.perf_counter() - t0))
 
     def _offer(self, waiting: bool) -> None:
         """Wake the publisher for what is staged; while the next frame already waits (the maximum rate), once for
@@ -185,11 +213,11 @@ class FramePipeline(object):
         if self.commit_wait() <= 0:
             self.outbox.flush()
 
-    def _view(self, item: Prepared, view: View, probs: np.ndarray, inference_ms: float
-              ) -> Tuple[Outcome, Tuple[float, float]]:
-        """One view's decisions and commits; (its outcome, (postprocess ms, commit ms))."""
+    def _view(self, item: Prepared, view: View, runner: Runner, probs: np.ndarray, inference_ms: float
+              ) -> Tuple[float, float]:
+        """One view's decisions and commits; (postprocess ms, commit ms)."""
         t1 = time.perf_counter()
-        runner, camera, frame = self.runners[view.group], item.camera, item.frame
+        camera, frame = item.camera, item.frame
         s, model, key = runner.settings, runner.model, target_key(camera, view.region)
         preds = top_k(probs, model.labels, s.top_k)
         best = preds[0]
@@ -216,7 +244,7 @@ class FramePipeline(object):
         t3 = time.perf_counter()
         second = float(np.partition(probs, -2)[-2]) if probs.size > 1 else 0.0
         self._maybe_sample(item, view, runner, best, second, threshold, accepted, topk, result)
-        return Outcome(best.label, best.score, accepted), (1000.0 * (t2 - t1), 1000.0 * (t3 - t2))
+        return 1000.0 * (t2 - t1), 1000.0 * (t3 - t2)
 
     def _maybe_sample(self, item: Prepared, view: View, runner: Runner, best: Prediction, second: float,
                       threshold: float, accepted: bool, topk: List[Dict[str, Any]],

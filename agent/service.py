@@ -1,8 +1,9 @@
 """`edgesight agent`: the service's lifecycle (load the model, start the parts, the main loop, drain, stop).
 
 Threads: one capture thread per camera (latest-frame slot), the preprocessing stage (prepares the next frame while
-the current one is inferred; agent/prefetch.py), the main loop (the frame pipeline, fleet policy messages, stats,
-watchdog), the publisher (outbox -> broker) and paho's network thread. Every loop waits on the stop event with a
+the current one is inferred; agent/prefetch.py), the main loop (inference, rollouts, fleet policy messages, stats,
+watchdog), the decisions stage (a frame's decisions and commits while the next one is inferred; agent/decide.py),
+the publisher (outbox -> broker) and paho's network thread. Every loop waits on the stop event with a
 timeout; SIGTERM sets it, the pipeline stops taking frames, the outbox is drained for up to ``drain_timeout``
 seconds (what is not sent stays committed for the next start), and the process exits 0.
 
@@ -23,6 +24,7 @@ from ..runtimes.base import Runtime
 from ..runtimes.package import Choice, ModelPackage
 from . import home_assistant
 from .capture import Capture
+from .decide import DecisionStage
 from .config import AgentConfig, models_dir, read_password
 from .modelstore import ModelStore, Version
 from .mqtt import MqttLink, Publisher
@@ -38,6 +40,7 @@ from .sources import make_source
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+DECIDE_WAIT = 30.0  # s the main loop waits to hand a frame to the decisions stage before it gives up (a hang)
 IDLE_WAIT = 0.25  # s the main loop waits for a frame before it looks at threads, rollout and stats (a message or a
 # frame wakes it at once): each idle wake-up of each thread costs CPU, 17.5 ms a second in all when it was 50 ms
 
@@ -50,6 +53,7 @@ class _Parts(NamedTuple):
     publisher: Publisher
     captures: List[Capture]
     prefetch: Prefetch
+    decisions: DecisionStage
     policy: PolicyManager
     telemetry: Telemetry
     pipeline: FramePipeline
@@ -225,6 +229,7 @@ class Agent(object):
         announce(cur)
         opencv_in_calling_thread()
         prefetch = Prefetch(caps, self._prepare(cur))
+        decide = DecisionStage(pipeline.decide, lambda: prefetch.ready)
         link.on_message = prefetch.poke  # a message wakes the main loop, which waits on the prefetch slot
 
         def apply(loaded: Loaded) -> None:  # the swap (or rollback), between two frames
@@ -259,15 +264,16 @@ class Agent(object):
         publisher.start()
         for cap in caps:
             cap.start()
+        decide.start()
         prefetch.start()
         if metrics is not None:
             metrics.start()
-        return _Parts(outbox, link, publisher, caps, prefetch, policy, telemetry, pipeline, metrics, rollout)
+        return _Parts(outbox, link, publisher, caps, prefetch, decide, policy, telemetry, pipeline, metrics, rollout)
 
     def _loop(self, stop: threading.Event, p: "_Parts", max_frames: Optional[int], duration: Optional[float]) -> None:
         deadline = None if duration is None else time.monotonic() + duration
         while not stop.is_set():
-            self._check_threads(p.captures, p.publisher, p.prefetch)
+            self._check_threads(p.captures, p.publisher, p.prefetch, p.decisions)
             self._read_messages(p.link, p.policy, p.rollout)
             item = p.prefetch.take(timeout=max(0.0, min(IDLE_WAIT, p.pipeline.commit_wait())))
             outcome = None
@@ -293,16 +299,19 @@ class Agent(object):
                 break
 
     def _process(self, p: "_Parts", item: Prepared) -> Optional[Outcome]:
-        """One frame; when the model swapped in moments ago fails on it, the rollout rolls back and the same frame
-        runs on the restored model (nothing was committed for it yet): no frame is lost."""
+        """One frame's inference here, its decisions by the decisions stage; when the model swapped in moments ago
+        fails on it, the rollout rolls back and the same frame runs on the restored model (nothing was staged for
+        it yet): no frame is lost."""
         if item.generation != self._generation:  # prepared for the model before a swap
             item = self._prepare_again(item)
         try:
-            return p.pipeline.process(item, more_waiting=lambda: p.prefetch.ready)
+            inferred = p.pipeline.infer(item)
         except Exception as exc:
             if not p.rollout.on_inference_error(exc):
                 raise
-            return p.pipeline.process(self._prepare_again(item), more_waiting=lambda: p.prefetch.ready)
+            inferred = p.pipeline.infer(self._prepare_again(item))
+        p.decisions.submit(inferred, DECIDE_WAIT)
+        return inferred.outcome
 
     def _prepare_again(self, item: Prepared) -> Prepared:
         """The frame of ``item`` prepared for the model running now."""
@@ -314,6 +323,7 @@ class Agent(object):
         p.rollout.abandon("the agent is stopping", stopping=True)
         if p.metrics is not None:
             p.metrics.stop()
+        p.decisions.stop(DECIDE_WAIT)  # the frame it holds decided and staged first
         p.prefetch.stop()
         for cap in p.captures:
             cap.stop()
@@ -342,10 +352,11 @@ class Agent(object):
                 rollout.on_message(payload)
 
     @staticmethod
-    def _check_threads(caps: List[Capture], publisher: Any, prefetch: Any) -> None:
+    def _check_threads(caps: List[Capture], publisher: Any, prefetch: Any, decisions: Any = None) -> None:
         """A worker thread that died of an unexpected error stops the agent (exit 6, systemd restarts it)."""
         workers: List[Tuple[Any, str]] = [(c, "camera %s" % c.name) for c in caps]
-        for worker, name in workers + [(publisher, "MQTT publisher"), (prefetch, "preprocessing")]:
+        workers += [(publisher, "MQTT publisher"), (prefetch, "preprocessing")]
+        for worker, name in workers + ([(decisions, "decisions")] if decisions is not None else []):
             if worker.failed is not None:
                 raise InferenceError("%s thread failed: %s: %s" % (name, type(worker.failed).__name__,
                                                                    worker.failed))

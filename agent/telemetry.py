@@ -1,6 +1,7 @@
 """What the agent reports about itself: the live numbers behind ``/metrics`` (a snapshot read without side effects)
 and the periodic ``stats`` message, which adds fps over the period, per-class counts and drift histograms since the
 last report, and the MQTT link's details."""
+import threading
 import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional
@@ -32,7 +33,8 @@ class Telemetry(object):
     """Counts frames as the pipeline processes them and reads the other parts' counters when asked.
 
     ``captures``, ``outbox``, ``publisher``, ``link`` and ``policy`` are the running agent's parts (anything with the
-    same attributes will do in tests)."""
+    same attributes will do in tests). Verdicts come from the decisions thread while the main loop and the metrics
+    server read them: the per-label counters are read and reset under a lock."""
 
     def __init__(self, device_id: str, prefix: str, captures: List[Any], outbox: Any, publisher: Any, link: Any,
                  policy: Any, calibrated: bool = False, regions: Any = None) -> None:
@@ -52,6 +54,7 @@ class Telemetry(object):
         self._last_frames = 0
         self._last_fps = 0.0
         self._period_start = time.monotonic()
+        self._lock = threading.Lock()  # counts, classes, seen, uncertain
 
     def stage(self, name: str, ms: float) -> None:
         """One frame's time in one stage (decode, preprocess, inference, postprocess, commit)."""
@@ -64,15 +67,18 @@ class Telemetry(object):
 
     def verdict(self, label: str, score: float, accepted: bool) -> None:
         """One classification: the whole frame's, or one region's."""
-        decisions.counts_add(self.counts, label if accepted else "_uncertain")
-        decisions.counts_add(self.seen, label)
-        if not accepted:
-            decisions.counts_add(self.uncertain, label)
-        sampling.drift_add(self.classes, label, score)
+        with self._lock:
+            decisions.counts_add(self.counts, label if accepted else "_uncertain")
+            decisions.counts_add(self.seen, label)
+            if not accepted:
+                decisions.counts_add(self.uncertain, label)
+            sampling.drift_add(self.classes, label, score)
 
     def snapshot(self) -> Dict[str, Any]:
         """Live numbers for /metrics (and the base of ``stats``), read without side effects."""
         sampler = self.policy.sampler
+        with self._lock:
+            uncertain = {k: round(self.uncertain.get(k, 0) / float(n), 6) for k, n in self.seen.items()}
         return {"frames": self.processed, "fps": self._last_fps, "inference_ms": _pct(self.inference_ms),
                 "capture_to_publish_ms": _pct(self.publisher.capture_to_publish_ms),
                 "capture_to_ack_ms": _pct(self.publisher.capture_to_ack_ms),
@@ -86,7 +92,7 @@ class Telemetry(object):
                 "samples": {"sent": sum(sampler.taken.values()), "skipped": sum(sampler.skipped.values()),
                             "by_reason": dict(sampler.taken), "skipped_by": dict(sampler.skipped),
                             "policy": self.policy.source},
-                "uncertain_share": {k: round(self.uncertain.get(k, 0) / float(n), 6) for k, n in self.seen.items()},
+                "uncertain_share": uncertain,
                 "calibrated": self.calibrated, "model": dict(self.model),
                 "mqtt_connected": self.link.connected.is_set(), "rss_bytes": rss_bytes(),
                 "uptime_s": round(time.time() - self.started, 1)}
@@ -106,10 +112,11 @@ class Telemetry(object):
         counters = body["outbox"]["counters"]
         body["outbox"]["inflight"] = self.publisher.inflight()
         body["samples"]["evicted"] = counters.get("evicted_sample", 0) + counters.get("dropped_sample", 0)
-        body.update(fps=round(self._last_fps, 3), counts=self.counts, classes=self.classes,
+        with self._lock:
+            counts, classes, self.counts, self.classes = self.counts, self.classes, {}, {}
+        body.update(fps=round(self._last_fps, 3), counts=counts, classes=classes,
                     mqtt={"connected": body.pop("mqtt_connected"), "connects": self.link.connects,
                           "last_error": self.link.last_error})
-        self.counts, self.classes = {}, {}
         return payloads.stats(self.device_id, body)
 
     def commit_stats(self) -> payloads.Stats:
