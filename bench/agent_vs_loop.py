@@ -10,7 +10,10 @@ Runtime workers that do not spin). Model: the MobileNetV2-class FP32 ONNX of ben
 Runtime; frames: 640x480 JPEGs. Each side runs N_short and N_long frames as a fresh process; CPU per frame =
 (CPU(N_long) - CPU(N_short)) / (N_long - N_short), user + system of the whole process from wait4, so start-up
 cancels out; frame rate the same way from wall time. The loop and the agent take turns within each repeat; the CPU
-ratio is the median of the repeats' ratios (each repeat's is printed too).
+and frame-rate ratios are the medians of the repeats' ratios (each repeat's CPU ratio is printed too).
+"ceiling" (maximum rate only): the loop's time per frame over its own inference time per frame, both differenced
+the same way: the most throughput a pipeline can gain over the loop by overlapping everything but the inference
+(decode, preprocessing, decisions, publishing) with it on other cores, unless its inference runs faster.
 Camera paced at 30 fps, and as fast as possible; first, the agent's CPU per second when idle.
 Targets (issue 18): CPU per frame <= 1.10x the loop at 30 fps and at the maximum rate, 1 and 2 threads; throughput
 >= 1.2x the loop with threads = cores - 1.
@@ -54,10 +57,13 @@ def hand_loop(args: argparse.Namespace) -> int:
     client.loop_start()
     period = 1.0 / args.fps if args.fps else 0.0
     last = None
+    inference = 0.0
     for i in range(args.hand):
         t0 = time.monotonic()
         x = preprocess(load_image(files[i % len(files)]), spec)[None]
+        t1 = time.perf_counter()
         logits = sess.run(None, {name: x})[0][0]
+        inference += time.perf_counter() - t1
         e = np.exp(logits - logits.max())
         p = e / e.sum()
         top = np.argsort(-p)[:3]
@@ -69,41 +75,53 @@ def hand_loop(args: argparse.Namespace) -> int:
     last.wait_for_publish(10)
     client.disconnect()
     client.loop_stop()
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump({"inference_s": inference}, f)
     return 0
 
 
-def measure(cmd, env=None):
-    """(CPU seconds, wall seconds) of one child process run to the end."""
+def measure(cmd, env=None, report=None):
+    """(CPU seconds, wall seconds, the seconds in inference it wrote to ``report`` or None) of one child process run
+    to the end."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit("failed: %s\n%s" % (" ".join(cmd), proc.stderr.read().decode()[-2000:]))
-    return ru.ru_utime + ru.ru_stime, wall
+    inference = None
+    if report is not None:
+        with open(report) as f:
+            inference = json.load(f)["inference_s"]
+    return ru.ru_utime + ru.ru_stime, wall, inference
 
 
 def per_frame(run, short: int, long: int):
-    """(CPU ms per frame, frames per second) of one pair of runs, two run lengths differenced."""
-    c1, w1 = run(short)
-    c2, w2 = run(long)
-    return 1000.0 * (c2 - c1) / (long - short), (long - short) / max(1e-6, w2 - w1)
+    """(CPU ms per frame, frames per second, inference ms per frame or None) of one pair of runs, two run lengths
+    differenced."""
+    c1, w1, i1 = run(short)
+    c2, w2, i2 = run(long)
+    inference = None if i1 is None else 1000.0 * (i2 - i1) / (long - short)
+    return 1000.0 * (c2 - c1) / (long - short), (long - short) / max(1e-6, w2 - w1), inference
 
 
 def paired(hand, agent, short: int, long: int, repeats: int):
     """The loop and the agent measured side by side in each repeat (in turns first), so that both see the same
     host: this machine's speed drifts between minutes, and measuring all the loop's repeats and then all the
     agent's compared the drift. Returns the medians (loop CPU ms/f, agent CPU ms/f, loop fps, agent fps) and the
-    sorted per-repeat CPU ratios."""
+    sorted per-repeat CPU ratios, the median of the per-repeat frame-rate ratios, and the median ceiling (the loop's
+    time per frame / its inference time per frame)."""
     rows = []
     for i in range(repeats):
         if i % 2:
             a, h = per_frame(agent, short, long), per_frame(hand, short, long)
         else:
             h, a = per_frame(hand, short, long), per_frame(agent, short, long)
-        rows.append((h[0], a[0], h[1], a[1]))
+        rows.append((h[0], a[0], h[1], a[1], 1000.0 / h[1] / h[2]))
     medians = [statistics.median(r[k] for r in rows) for k in range(4)]
-    return medians, sorted(r[1] / r[0] for r in rows)
+    return (medians, sorted(r[1] / r[0] for r in rows), statistics.median(r[3] / r[2] for r in rows),
+            statistics.median(r[4] for r in rows))
 
 
 def idle_cpu(work, pkg, images, port, seconds):
@@ -185,6 +203,7 @@ def main() -> int:
     ap.add_argument("--images", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--fps", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--report", help=argparse.SUPPRESS)
     ap.add_argument("--threads-child", dest="threads_child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hand:
@@ -200,18 +219,19 @@ def main() -> int:
         images = make_images(os.path.join(work, "frames"))
         print("MobileNetV2 FP32 224x224 on ONNX Runtime, 640x480 JPEG folder, %d cores; N = %d and %d frames "
               "differenced, median of %d" % (os.cpu_count(), args.short, args.long, args.repeats))
-        print("%-8s %7s %14s %14s %8s %10s %10s %8s  %s" % ("camera", "threads", "loop CPU ms/f", "agent CPU ms/f",
-                                                           "x loop", "loop fps", "agent fps", "x loop",
-                                                           "CPU x loop by repeat"))
+        print("%-8s %7s %14s %14s %8s %10s %10s %8s %8s  %s" % (
+            "camera", "threads", "loop CPU ms/f", "agent CPU ms/f", "x loop", "loop fps", "agent fps", "x loop",
+            "ceiling", "CPU x loop by repeat"))
         if args.idle:
             print("agent idle (a camera at 0.01 fps): %.2f ms CPU per second" % idle_cpu(work, pkg, images,
                                                                                       broker.port, args.idle))
         for threads in [int(t) for t in args.threads.split(",")]:
             for rate in [float(r) for r in args.rates.split(",")]:
                 def hand(n, threads=threads, rate=rate):
+                    report = os.path.join(work, "hand.json")
                     return measure([sys.executable, os.path.abspath(__file__), "--hand", str(n), "--model", model,
                                     "--images", images, "--port", str(broker.port), "--fps", str(rate),
-                                    "--threads-child", str(threads)])
+                                    "--threads-child", str(threads), "--report", report], report=report)
 
                 cfg = agent_config(work, pkg, images, broker.port, threads, rate or 1000.0)
 
@@ -223,10 +243,10 @@ def main() -> int:
                     return measure([sys.executable, "-m", "edgesight", "agent", "--config", cfg, "--max-frames",
                                     str(n)])
 
-                (hc, ac, hf, af), ratios = paired(hand, agent, args.short, args.long, args.repeats)
-                print("%-8s %7d %14.2f %14.2f %8.2f %10.1f %10.1f %8.2f  %s" % (
-                    "%g fps" % rate if rate else "max", threads, hc, ac, statistics.median(ratios), hf, af, af / hf,
-                    " ".join("%.2f" % r for r in ratios)), flush=True)
+                (hc, ac, hf, af), ratios, fps_x, ceiling = paired(hand, agent, args.short, args.long, args.repeats)
+                print("%-8s %7d %14.2f %14.2f %8.2f %10.1f %10.1f %8.2f %8s  %s" % (
+                    "%g fps" % rate if rate else "max", threads, hc, ac, statistics.median(ratios), hf, af, fps_x,
+                    "-" if rate else "%.2f" % ceiling, " ".join("%.2f" % r for r in ratios)), flush=True)
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
