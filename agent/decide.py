@@ -8,8 +8,8 @@ hand-off, in frame order: the main loop waits while the previous frame is still 
 more than two frames behind the inference and nothing piles up in memory.
 
 Only while the pipeline runs at its maximum rate: when the next frame is not prepared yet (a camera at its own pace)
-and nothing waits here, :meth:`submit` decides the frame in the calling thread, as before this stage existed. A
-hand-off there would gain nothing and cost a thread wake-up a frame (about 0.1 ms of CPU at 30 fps on the bench).
+and nothing waits here, :meth:`submit` decides the frame in the calling thread, as before this stage existed: a
+hand-off there would gain nothing and cost a thread wake-up a frame.
 
 The main loop keeps what must happen between two frames: the inference (and a rollout's retry of a frame on the
 restored model), the verdict a rollout compares (:meth:`FramePipeline.infer`), model swaps. ``decide`` runs with

@@ -2,8 +2,10 @@
 frame in one batch) -> per view (the whole frame, or each region): threshold -> result and state -> sampling
 (privacy masks, the region's crop, near-duplicates, JPEG under the byte budget) -> durable outbox commits.
 
-No threads, no broker and no clock of its own beyond time stamps: its collaborators (the runtimes, the outbox, the
-sampling policy in force, the telemetry) are passed in, so it is tested with a real runtime and a real outbox alone.
+Two halves, :meth:`FramePipeline.infer` and :meth:`FramePipeline.decide`, which the agent runs on two threads at the
+maximum frame rate (agent/decide.py). No threads here, no broker and no clock of its own beyond time stamps: its
+collaborators (the runtimes, the outbox, the sampling policy in force, the telemetry) are passed in, so it is tested
+with a real runtime and a real outbox alone.
 """
 import logging
 import random
