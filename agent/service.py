@@ -24,8 +24,8 @@ from ..runtimes.base import Runtime
 from ..runtimes.package import Choice, ModelPackage
 from . import home_assistant
 from .capture import Capture
-from .decide import DecisionStage
 from .config import AgentConfig, models_dir, read_password
+from .decide import DecisionStage
 from .modelstore import ModelStore, Version
 from .mqtt import MqttLink, Publisher
 from .outbox import Outbox
