@@ -352,11 +352,11 @@ class Agent(object):
                 rollout.on_message(payload)
 
     @staticmethod
-    def _check_threads(caps: List[Capture], publisher: Any, prefetch: Any, decisions: Any = None) -> None:
+    def _check_threads(caps: List[Capture], publisher: Any, prefetch: Any, decisions: Any) -> None:
         """A worker thread that died of an unexpected error stops the agent (exit 6, systemd restarts it)."""
         workers: List[Tuple[Any, str]] = [(c, "camera %s" % c.name) for c in caps]
-        workers += [(publisher, "MQTT publisher"), (prefetch, "preprocessing")]
-        for worker, name in workers + ([(decisions, "decisions")] if decisions is not None else []):
+        for worker, name in workers + [(publisher, "MQTT publisher"), (prefetch, "preprocessing"),
+                                       (decisions, "decisions")]:
             if worker.failed is not None:
                 raise InferenceError("%s thread failed: %s: %s" % (name, type(worker.failed).__name__,
                                                                    worker.failed))

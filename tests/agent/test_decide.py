@@ -8,10 +8,13 @@ import time
 import pytest
 
 from edgesight.agent.decide import DecisionStage
+from edgesight.agent.outbox import Outbox
 from edgesight.agent.pipeline import ModelView, Runner
+from edgesight.agent.policy import PolicyManager
 from edgesight.agent.regions import MAIN
 from edgesight.agent.service import Agent
 from edgesight.agent.telemetry import Telemetry
+from edgesight.contract.policy import SamplingPolicy
 from edgesight.errors import InferenceError
 
 from test_pipeline import committed, frames, make
@@ -116,7 +119,9 @@ def test_a_stage_that_hangs_is_a_clear_error_and_stop_decides_what_is_queued(exa
 
 
 def test_verdicts_from_another_thread_are_counted_once_while_stats_are_read(tmp_path):
-    tel = Telemetry("dev1", "edgesight", [], _Outbox(), _Publisher(), _Link(), _Policy())
+    outbox = Outbox(str(tmp_path / "outbox.db"))
+    policy = PolicyManager(SamplingPolicy(), "dev1", "edgesight", outbox)
+    tel = Telemetry("dev1", "edgesight", [], outbox, _Publisher(), _Link(), policy)
     n, labels = 30000, ["label%d" % i for i in range(3000)]  # new labels keep growing the dictionaries
     errors = []
 
@@ -147,16 +152,6 @@ class _Ok(object):
     failed = None
 
 
-class _Outbox(object):
-    bytes = 0
-
-    def depth(self):
-        return 0
-
-    def counters(self):
-        return {}
-
-
 class _Publisher(object):
     capture_to_publish_ms = capture_to_ack_ms = ()
 
@@ -168,9 +163,3 @@ class _Link(object):
     connects, last_error = 0, None
     connected = threading.Event()
 
-
-class _Policy(object):
-    source = "config"
-
-    class sampler(object):
-        taken, skipped = {}, {}

@@ -29,7 +29,7 @@ def test_capture_thread_failure_is_reported_and_stops_the_agent():
         failed = None
 
     with pytest.raises(InferenceError, match="camera cam thread failed: RuntimeError: driver crashed"):
-        Agent._check_threads([cap], Worker(), Worker())
+        Agent._check_threads([cap], Worker(), Worker(), Worker())
 
 
 def test_capture_latest_frame_slot_drops_stale_frames():
@@ -243,7 +243,7 @@ def test_prefetch_failure_is_reported_and_stops_the_agent():
             failed = None
 
         with pytest.raises(InferenceError, match="preprocessing thread failed: ValueError: frame has 7 channels"):
-            Agent._check_threads([cap], Worker(), pre)
+            Agent._check_threads([cap], Worker(), pre, Worker())
     finally:
         pre.stop()
         cap.stop()
